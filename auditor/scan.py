@@ -1,0 +1,109 @@
+"""Orchestration: run the selected detectors on one target and fuse a verdict. No I/O, no printing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from auditor import __version__
+from auditor.detectors import create, registered
+from auditor.detectors.base import DetectorResult, RunContext
+from auditor.errors import UsageError
+from auditor.spec import InputSpec
+from auditor.target import ModelInfo, ModelTarget
+from auditor.verdict import Verdict, fuse
+
+DetectorObserver = Callable[[str, str], None]  # (detector name, event: "start" | "done")
+
+
+@dataclass(frozen=True, eq=False)
+class AuditReport:
+    """Everything a report writer needs; writers are pure functions of this object."""
+
+    tool_version: str
+    model: ModelInfo
+    spec: InputSpec
+    labels: tuple[str, ...]
+    seed: int
+    verdict: Verdict
+    results: tuple[DetectorResult, ...]
+    timings: Mapping[str, float]
+    device: str = "cpu"
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    fidelity: Any = None  # an optional fidelity-suite report (auditor.fidelity), rendered when present
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def result(self, name: str) -> DetectorResult | None:
+        return next((r for r in self.results if r.name == name), None)
+
+
+def default_detectors(modality: str) -> list[str]:
+    """Detectors that run when ``--detectors`` is not given: every default detector for the modality."""
+    return [n for n, cls in registered().items() if cls.info.default and modality in cls.info.modalities]
+
+
+def resolve_detectors(names: Sequence[str] | None, modality: str) -> list[str]:
+    if not names:
+        return default_detectors(modality)
+    known = registered()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"unknown detector(s): {', '.join(unknown)} (available: {', '.join(known)})")
+    return list(dict.fromkeys(names))
+
+
+def scan(
+    target: ModelTarget,
+    detectors: Sequence[str] | None,
+    context: RunContext,
+    *,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    thresholds: Mapping[str, float] | None = None,
+    detector_timeout_s: float | None = None,
+    total_timeout_s: float | None = None,
+    observer: DetectorObserver | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> AuditReport:
+    """Run ``detectors`` (names; None = defaults) in order and fuse their results.
+
+    Each detector gets its own options and threshold, and a time budget that is the smaller of the
+    per-detector budget and what is left of the total; once the total is spent the remaining
+    detectors are reported as ``failed: timeout`` without running.
+    """
+    names = resolve_detectors(detectors, target.spec.modality)
+    options = options or {}
+    thresholds = thresholds or {}
+    started = time.monotonic()
+    results: list[DetectorResult] = []
+    timings: dict[str, float] = {}
+    for name in names:
+        remaining = None if total_timeout_s is None else total_timeout_s - (time.monotonic() - started)
+        if remaining is not None and remaining <= 0:
+            results.append(DetectorResult(name, "failed", f"timeout: total budget of {total_timeout_s:g} s spent"))
+            continue
+        budget = _min_optional(detector_timeout_s, remaining)
+        ctx = replace(context, time_budget_s=budget, options=dict(options.get(name, {})),
+                      threshold=thresholds.get(name, context.threshold))
+        if observer:
+            observer(name, "start")
+        result = create(name).run(target, ctx)
+        results.append(result)
+        timings[name] = result.seconds
+        if observer:
+            observer(name, "done")
+    timings["total"] = time.monotonic() - started
+    return AuditReport(
+        tool_version=__version__, model=target.info, spec=target.spec, labels=target.labels,
+        seed=context.seed, verdict=fuse(results, target.labels), results=tuple(results), timings=timings,
+        device=str(target.device), settings=dict(settings or {}),
+    )
+
+
+def _min_optional(a: float | None, b: float | None) -> float | None:
+    values = [v for v in (a, b) if v is not None]
+    return min(values) if values else None
