@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import traceback
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -145,7 +146,16 @@ def demo(**kw) -> None:
     """Scan the bundled demo model: a digits classifier with a planted BadNets trigger (exit 1 expected)."""
     out = kw.pop("out") or "audit-demo"
     with resources.as_file(resources.files("auditor") / "assets" / "demo_trojaned.onnx") as path:
-        sys.exit(_run_scan(str(path), Path(out), **kw))
+        sys.exit(_run_scan(str(path), Path(out), builtin_data=None if kw["data"] else _demo_samples, **kw))
+
+
+def _demo_samples():
+    """Held-out digits (never seen in the demo model's training) so data-hungry detectors run too."""
+    from auditor.synthetic.digits import load_digits_28
+    from auditor.target import SampleData
+
+    _, _, x_test, y_test = load_digits_28(seed=0)
+    return SampleData(x_test, y_test, "scikit-learn digits, held-out split (built in)")
 
 
 @cli.command("detectors")
@@ -175,7 +185,7 @@ def list_detectors(as_json: bool) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _run_scan(model: str, out_dir: Path, **kw) -> int:
+def _run_scan(model: str, out_dir: Path, builtin_data=None, **kw) -> int:
     from dataclasses import replace
 
     import torch
@@ -214,8 +224,11 @@ def _run_scan(model: str, out_dir: Path, **kw) -> int:
     with _status(console, "loading model"):
         target = load_model(model, load_options)
     data = load_samples(kw["data"], target.spec, target.num_classes) if kw["data"] else None
+    if data is None and builtin_data is not None:
+        data = builtin_data()
     names = resolve_detectors(names, target.spec.modality)
-    settings = {"detectors": names, "thresholds": thresholds, "options": options, "data": kw["data"],
+    settings = {"detectors": names, "thresholds": thresholds, "options": options,
+                "data": data.source if data is not None else None,
                 "input": target.spec.describe()}
     with _progress(console) as observer:
         context = RunContext(seed=kw["seed"], data=data, progress=observer.detector_progress)
@@ -320,7 +333,7 @@ def _summary(console, report, written) -> None:
         table.add_row(r.name, r.status, f"{r.seconds:.1f}",
                       "—" if r.model_score is None else f"{r.model_score:.3f}", escape(detail))
     console.print(table)
-    console.print(f"[{colour}]{escape(verdict.headline(report.labels))}[/]"
+    console.print(f"[{colour}]{verdict.status.upper()}[/]: {escape(verdict.headline(report.labels))}"
                   + ("" if verdict.model_score is None else f"  (model score {verdict.model_score:.3f})"))
     for fmt, path in written.items():
         console.print(f"  {fmt:5s} {escape(str(path))}")
@@ -339,6 +352,12 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(argv)
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="auditor: %(message)s")
+    if not debug:
+        # Library chatter (deprecation warnings, torch.export's logged tracebacks on damaged files) would
+        # break the one-line error contract; --debug shows all of it.
+        warnings.filterwarnings("ignore")
+        for name in ("torch", "onnx", "onnxruntime", "onnxscript", "diffusers", "PIL"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # run finally-blocks, clean temp files
     try:
         cli.main(args=argv, prog_name="auditor", standalone_mode=False)

@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import torch
+
 from auditor import __version__
 from auditor.detectors import create, registered
 from auditor.detectors.base import DetectorResult, RunContext
@@ -96,12 +98,43 @@ def scan(
         timings[name] = result.seconds
         if observer:
             observer(name, "done")
+    problem = output_problem(target, context.seed)
+    if problem:
+        results = [_invalidate(r, problem) for r in results]
     timings["total"] = time.monotonic() - started
     return AuditReport(
         tool_version=__version__, model=target.info, spec=target.spec, labels=target.labels,
         seed=context.seed, verdict=fuse(results, target.labels), results=tuple(results), timings=timings,
         device=str(target.device), settings=dict(settings or {}),
     )
+
+
+def output_problem(target: ModelTarget, seed: int, probes: int = 16) -> str:
+    """Why the model's outputs cannot carry evidence ('' when they can): non-finite or constant logits.
+
+    Probes are diverse valid inputs (uniform noise, constants, a smooth ramp); a classifier whose logits
+    do not change across them, or are NaN/Inf, makes every detector's statistic meaningless.
+    """
+    g = torch.Generator().manual_seed(seed)
+    shape = target.spec.shape
+    x = torch.rand((probes, *shape), generator=g)
+    x[0].zero_()
+    x[1].fill_(1.0)
+    if target.spec.modality == "points":
+        x = x * 2 - 1
+    logits = target.logits(x).double()
+    if not torch.isfinite(logits).all():
+        return "the model outputs NaN or infinite logits on valid inputs"
+    if float((logits - logits[0]).abs().max()) <= 1e-6 * max(1.0, float(logits.abs().max())):
+        return "the model's logits do not change with the input (constant output)"
+    return ""
+
+
+def _invalidate(result: DetectorResult, reason: str) -> DetectorResult:
+    if result.status != "ok":
+        return result
+    classes = tuple(replace(c, flagged=False, valid=False, invalid_reason=reason, role="") for c in result.classes)
+    return replace(result, classes=classes, model_score=None)
 
 
 def _min_optional(a: float | None, b: float | None) -> float | None:

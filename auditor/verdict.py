@@ -53,12 +53,16 @@ class Verdict:
     notes: tuple[str, ...] = ()
 
     def headline(self, labels: Sequence[str]) -> str:
+        """One sentence for banners and terminals (without the status word)."""
         if self.status == "suspicious":
-            names = ", ".join(f"{i} ({labels[i]!r})" for i in self.flagged_classes)
-            return f"SUSPICIOUS: class(es) {names} flagged"
+            parts = []
+            for i in self.flagged_classes:
+                c = self.classes[i]
+                parts.append(f"class {i} ({labels[i]!r}) flagged by {', '.join(c.flagged_by)}")
+            return "; ".join(parts)
         if self.status == "clean":
-            return "CLEAN: no class flagged by any detector that ran"
-        return "INCONCLUSIVE: " + ("; ".join(self.notes) or "no detector produced valid evidence")
+            return "no class flagged by any detector that ran"
+        return "; ".join(self.notes) or "no detector produced valid evidence"
 
 
 def _valid(result: DetectorResult) -> bool:

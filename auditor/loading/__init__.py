@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from auditor.errors import ModelLoadError, PickleRefusedError
+from auditor.errors import AuditorError, ModelLoadError, PickleRefusedError, ResourceLimitError
 from auditor.loading.common import LoadOptions, read_labels, resolve_device, sha256_of
 from auditor.loading.torch_loader import PICKLE_HELP, probe_forward, sniff
 from auditor.target import CanonicalInput, ModelInfo, ModelTarget
@@ -18,9 +18,26 @@ __all__ = ["LoadOptions", "load_model"]
 
 
 def load_model(path: str | Path, options: LoadOptions | None = None) -> ModelTarget:
-    """Read, validate and wrap a model. Raises :class:`~auditor.errors.AuditorError` subclasses only."""
+    """Read, validate and wrap a model. Raises :class:`~auditor.errors.AuditorError` subclasses only.
+
+    Anything unexpected from the parsing libraries on a hostile or damaged file becomes a
+    :class:`~auditor.errors.ModelLoadError` that names the file and the problem.
+    """
     options = options or LoadOptions()
-    path = Path(path)
+    try:
+        return _load(Path(path), options)
+    except AuditorError:
+        raise
+    except RecursionError:
+        raise ModelLoadError(f"{Path(path).name}: structure nested too deeply to load") from None
+    except MemoryError:
+        raise ResourceLimitError(f"{Path(path).name}: loading ran out of memory") from None
+    except Exception as exc:
+        text = " ".join(str(exc).split())[:200]
+        raise ModelLoadError(f"{Path(path).name} could not be loaded ({type(exc).__name__}: {text})") from exc
+
+
+def _load(path: Path, options: LoadOptions) -> ModelTarget:
     if not path.exists():
         raise ModelLoadError(f"model file not found: {path}")
     if not path.is_file():

@@ -13,14 +13,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from auditor.errors import DataError, ParityError, ResourceLimitError, UsageError
+from auditor.errors import DataError, ModelLoadError, ParityError, ResourceLimitError, UsageError
 from auditor.spec import InputSpec
 from auditor.text import safe_text
 
 DEFAULT_MAX_INPUT_PIXELS = 3 * 1024 * 1024  # values per input (C·H·W or N·3): a 1024² RGB image
 DEFAULT_MAX_PARAMS = 500_000_000
 DEFAULT_MAX_CLASSES = 100_000
-DEFAULT_MAX_FILE_BYTES = 4 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,7 @@ def resolve_spec(declared: Sequence[int | None] | None, options: LoadOptions, wh
     """
     if options.input_shape is None:
         if declared is None or any(d is None for d in declared):
-            raise UsageError(f"{what} does not record a complete input shape ({_dims(declared)}): pass --input-shape, e.g. 3,32,32")
+            raise ModelLoadError(f"{what} does not record a complete input shape ({_dims(declared)}): pass --input-shape, e.g. 3,32,32")
         return infer_spec([int(d) for d in declared], options)  # type: ignore[arg-type]
     canonical = tuple(options.input_shape)
     layout = options.layout

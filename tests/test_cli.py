@@ -1,0 +1,130 @@
+"""The CLI as a user (and a CI gate) sees it: exit codes, one-line errors, report files."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "auditor" / "assets" / "demo_trojaned.onnx"
+CLEAN_TWIN = ROOT / "bench" / "demo" / "clean_twin.onnx"
+
+
+def auditor(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "auditor", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=ROOT)
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_demo_flags_the_planted_target_and_exits_1(tmp_path):
+    facts = json.loads((ROOT / "auditor/assets/demo_trojaned.json").read_text())
+    out = tmp_path / "audit-demo"
+    proc = auditor("demo", "--detectors", "max_margin", "--out", str(out), "--format", "html,json,sarif")
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema"] == "auditor.report/1"
+    assert report["verdict"] == "suspicious"
+    assert report["flagged_classes"] == [facts["target_class"]]
+    assert (out / "report.html").stat().st_size > 1000
+    assert json.loads((out / "report.sarif").read_text())["runs"][0]["results"][0]["level"] == "error"
+    assert "SUSPICIOUS" in proc.stderr
+
+
+def test_clean_twin_exits_0(tmp_path):
+    proc = auditor("scan", str(CLEAN_TWIN), "--detectors", "max_margin", "--out", str(tmp_path), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["verdict"] == "clean" and report["flagged_classes"] == []
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_environment_variables_set_options(tmp_path):
+    proc = auditor("scan", str(CLEAN_TWIN), "--out", str(tmp_path), env={
+        "AUDITOR_DETECTORS": "max_margin", "AUDITOR_FORMAT": "sarif", "AUDITOR_OPTION": "max_margin.steps=20"})
+    assert proc.returncode in (0, 1), proc.stderr
+    assert (tmp_path / "report.sarif").exists() and not (tmp_path / "report.json").exists()
+
+
+def test_strict_turns_skips_into_exit_3(tmp_path):
+    proc = auditor("scan", str(CLEAN_TWIN), "--detectors", "max_margin,neural_cleanse", "--strict",
+                   "--option", "max_margin.steps=20", "--out", str(tmp_path), "--format", "json")
+    assert proc.returncode == 3
+    assert "neural_cleanse skipped" in proc.stderr
+    assert (tmp_path / "report.json").exists(), "the report is still written"
+
+
+@pytest.mark.parametrize(
+    "case, expected_code, message",
+    [
+        ("missing", 3, "not found"),
+        ("text", 3, "not a readable ONNX"),
+        ("truncated", 3, "ONNX"),
+        ("pickle", 3, "--trust-pickle"),
+        ("input-shape", 2, "does not match"),
+        ("unknown-detector", 2, "unknown detector"),
+        ("bad-format", 2, "--format"),
+    ],
+)
+def test_bad_input_gives_one_line_and_the_right_exit_code(tmp_path, case, expected_code, message):
+    args = ["scan"]
+    if case == "missing":
+        args += [str(tmp_path / "nope.onnx")]
+    elif case == "text":
+        (tmp_path / "readme.onnx").write_text("hello\n")
+        args += [str(tmp_path / "readme.onnx")]
+    elif case == "truncated":
+        (tmp_path / "cut.onnx").write_bytes(DEMO.read_bytes()[:3000])
+        args += [str(tmp_path / "cut.onnx")]
+    elif case == "pickle":
+        marker = tmp_path / "marker"
+        (tmp_path / "evil.pt").write_bytes(pickle.dumps(_Payload(str(marker))))
+        args += [str(tmp_path / "evil.pt"), "--arch", "auditor.synthetic.nets:SmallCNN", "--input-shape", "1,28,28"]
+    elif case == "input-shape":
+        args += [str(DEMO), "--input-shape", "3,32,32"]
+    elif case == "unknown-detector":
+        args += [str(DEMO), "--detectors", "max_margin,telepathy"]
+    elif case == "bad-format":
+        args += [str(DEMO), "--format", "pdf"]
+    proc = auditor(*args, "--out", str(tmp_path / "out"))
+    assert proc.returncode == expected_code, proc.stderr
+    line = one_line_error(proc)
+    assert message in line
+    assert not (tmp_path / "out" / "report.json").exists(), "no report after an error"
+    if case == "pickle":
+        assert not (tmp_path / "marker").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = auditor("scan", str(tmp_path / "nope.onnx"), "--debug")
+    assert proc.returncode == 3 and "Traceback" in proc.stderr
+
+
+def test_detectors_command_lists_the_registry():
+    from auditor.detectors import registered
+
+    proc = auditor("detectors", "--json")
+    assert proc.returncode == 0
+    listed = json.loads(proc.stdout)
+    assert [d["name"] for d in listed] == list(registered())
+    assert {"needs_gradients", "needs_data", "prefers_gpu"} <= set(listed[0])
+
+
+class _Payload:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
