@@ -123,3 +123,15 @@ def test_time_budget_turns_into_failed_timeout(digits_twins):
         digits_twins.trojaned, RunContext(seed=0, time_budget_s=0.0, options={"steps": "1000"})
     )
     assert result.status == "failed" and result.reason.startswith("timeout")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_detector_honours_its_time_budget(name, digits_twins):
+    """A spent budget must end the detector with ``failed: timeout`` (detectors call check_time)."""
+    if not _runnable(name):
+        pytest.skip(f"{name} does not take images")
+    context = replace(_context(name, digits_twins), time_budget_s=0.0)
+    result = registered()[name]().run(digits_twins.trojaned, context)
+    if result.status == "skipped":
+        pytest.skip(result.reason)
+    assert result.status == "failed" and result.reason.startswith("timeout"), (result.status, result.reason)
