@@ -122,6 +122,9 @@ def scan_options(func):
         _opt("--total-timeout", type=float, default=None, help="Time budget for all detectors together."),
         _opt("--max-input-pixels", type=int, default=None, help="Refuse inputs with more values per sample [default: 3·1024²]."),
         _opt("--max-params", type=int, default=None, help="Refuse models with more parameters [default: 5e8]."),
+        _opt("--fidelity", is_flag=True, default=False,
+             help="Measure how faithful every class map is (DiFull localisation, randomisation ρ) and add the "
+                  "explanation-fidelity suite to the report (slower)."),
         _opt("--strict", is_flag=True, default=False, help="Skipped or failed detectors and inconclusive verdicts exit 3."),
         _opt("--quiet", is_flag=True, default=False, help="No summary on stderr."),
         _opt("--debug", is_flag=True, default=False, help="Tracebacks and debug logs on errors."),
@@ -158,6 +161,16 @@ def _demo_samples():
     return SampleData(x_test, y_test, "scikit-learn digits, held-out split (built in)")
 
 
+@cli.command("fidelity")
+@click.argument("model", type=click.Path(dir_okay=True))
+@scan_options
+def fidelity_command(model: str, **kw) -> None:
+    """Run the explanation-fidelity suite alone on MODEL (DiFull/DiPart, ML-Att, AggAtt, smoothing,
+    cascading randomisation) and write fidelity.html + fidelity.json."""
+    out = kw.pop("out") or f"fidelity-{Path(model).stem}"
+    sys.exit(_run_fidelity(model, Path(out), **kw))
+
+
 @cli.command("detectors")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable list.")
 def list_detectors(as_json: bool) -> None:
@@ -188,42 +201,19 @@ def list_detectors(as_json: bool) -> None:
 def _run_scan(model: str, out_dir: Path, builtin_data=None, **kw) -> int:
     from dataclasses import replace
 
-    import torch
-
     from auditor.detectors.base import RunContext
-    from auditor.loading import LoadOptions, load_model
-    from auditor.loading.common import DEFAULT_MAX_INPUT_PIXELS, DEFAULT_MAX_PARAMS
-    from auditor.loading.data import load_samples
     from auditor.output import parse_formats, write_reports
     from auditor.scan import resolve_detectors, scan
 
-    if kw["threads"]:
-        torch.set_num_threads(kw["threads"])
     formats = parse_formats(kw["formats"])
-    try:
-        arch_kwargs = json.loads(kw["arch_kwargs"])
-    except ValueError:
-        raise UsageError(f"--arch-kwargs must be a JSON object (got {kw['arch_kwargs']!r})") from None
-    if not isinstance(arch_kwargs, dict):
-        raise UsageError("--arch-kwargs must be a JSON object")
     names = [n.strip() for n in kw["detectors"].split(",") if n.strip()] if kw["detectors"] else None
     if names is not None:
         resolve_detectors(names, "image")  # unknown names are a usage error before any loading work
     thresholds = _pairs(kw["thresholds"], "--threshold", dotted=False)
     options = _pairs(kw["detector_options"], "--option", dotted=True)
-    value_range = _floats(kw["value_range"], "--value-range", 2)
-    load_options = LoadOptions(
-        device=kw["device"], input_shape=_ints(kw["input_shape"], "--input-shape"), layout=kw["layout"],
-        mean=_floats(kw["mean"], "--mean"), std=_floats(kw["std"], "--std"),
-        value_range=(value_range[0], value_range[1]) if value_range else (0.0, 1.0),
-        labels_file=kw["labels"], arch=kw["arch"], arch_kwargs=arch_kwargs, trust_pickle=kw["trust_pickle"],
-        max_input_pixels=kw["max_input_pixels"] or DEFAULT_MAX_INPUT_PIXELS,
-        max_params=kw["max_params"] or DEFAULT_MAX_PARAMS, seed=kw["seed"],
-    )
     console = _console(kw["quiet"])
     with _status(console, "loading model"):
-        target = load_model(model, load_options)
-    data = load_samples(kw["data"], target.spec, target.num_classes) if kw["data"] else None
+        target, data = _load_for_cli(model, kw)
     if data is None and builtin_data is not None:
         data = builtin_data()
     names = resolve_detectors(names, target.spec.modality)
@@ -234,12 +224,67 @@ def _run_scan(model: str, out_dir: Path, builtin_data=None, **kw) -> int:
         context = RunContext(seed=kw["seed"], data=data, progress=observer.detector_progress)
         report = scan(target, names, context, options=options, thresholds=thresholds,
                       detector_timeout_s=kw["timeout"], total_timeout_s=kw["total_timeout"],
-                      observer=observer.detector_event, settings=settings)
+                      observer=observer.detector_event, settings=settings, fidelity=kw["fidelity"])
     report = replace(report, model=replace(report.model, path=str(model)))
     written = write_reports(report, out_dir, formats)
     if console is not None:
         _summary(console, report, written)
     return _exit_code(report, kw["strict"])
+
+
+def _load_for_cli(model: str, kw: dict):
+    """Model + optional samples from the shared scan options (used by scan and fidelity)."""
+    import torch
+
+    from auditor.loading import LoadOptions, load_model
+    from auditor.loading.common import DEFAULT_MAX_INPUT_PIXELS, DEFAULT_MAX_PARAMS
+    from auditor.loading.data import load_samples
+
+    if kw["threads"]:
+        torch.set_num_threads(kw["threads"])
+    try:
+        arch_kwargs = json.loads(kw["arch_kwargs"])
+    except ValueError:
+        raise UsageError(f"--arch-kwargs must be a JSON object (got {kw['arch_kwargs']!r})") from None
+    if not isinstance(arch_kwargs, dict):
+        raise UsageError("--arch-kwargs must be a JSON object")
+    value_range = _floats(kw["value_range"], "--value-range", 2)
+    load_options = LoadOptions(
+        device=kw["device"], input_shape=_ints(kw["input_shape"], "--input-shape"), layout=kw["layout"],
+        mean=_floats(kw["mean"], "--mean"), std=_floats(kw["std"], "--std"),
+        value_range=(value_range[0], value_range[1]) if value_range else (0.0, 1.0),
+        labels_file=kw["labels"], arch=kw["arch"], arch_kwargs=arch_kwargs, trust_pickle=kw["trust_pickle"],
+        max_input_pixels=kw["max_input_pixels"] or DEFAULT_MAX_INPUT_PIXELS,
+        max_params=kw["max_params"] or DEFAULT_MAX_PARAMS, seed=kw["seed"],
+    )
+    target = load_model(model, load_options)
+    data = load_samples(kw["data"], target.spec, target.num_classes) if kw["data"] else None
+    return target, data
+
+
+def _run_fidelity(model: str, out_dir: Path, **kw) -> int:
+    from auditor.detectors.base import RunContext
+    from auditor.fidelity import render_fidelity_page
+    from auditor.output import atomic_write_text
+    from auditor.reports.json_report import to_plain
+    from auditor.scan import run_fidelity_suite
+
+    console = _console(kw["quiet"])
+    with _status(console, "loading model"):
+        target, data = _load_for_cli(model, kw)
+    options = _pairs(kw["detector_options"], "--option", dotted=True).get("fidelity", {})
+    with _status(console, "measuring explanation fidelity"):
+        report, note = run_fidelity_suite(target, RunContext(seed=kw["seed"], data=data, options=options,
+                                                              time_budget_s=kw["timeout"]))
+    if report is None:
+        raise UsageError(f"the fidelity suite cannot run on this model ({note})")
+    atomic_write_text(out_dir / "fidelity.json", json.dumps(to_plain(report.to_dict()), indent=2) + "\n")
+    atomic_write_text(out_dir / "fidelity.html", render_fidelity_page(report, title=f"auditor — fidelity of {Path(model).name}"))
+    if console is not None:
+        from rich.markup import escape
+
+        console.print(f"fidelity report: {escape(str(out_dir / 'fidelity.html'))}")
+    return EXIT_CLEAN
 
 
 def _exit_code(report, strict: bool) -> int:

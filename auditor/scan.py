@@ -70,12 +70,14 @@ def scan(
     total_timeout_s: float | None = None,
     observer: DetectorObserver | None = None,
     settings: Mapping[str, Any] | None = None,
+    fidelity: bool = False,
 ) -> AuditReport:
     """Run ``detectors`` (names; None = defaults) in order and fuse their results.
 
     Each detector gets its own options and threshold, and a time budget that is the smaller of the
     per-detector budget and what is left of the total; once the total is spent the remaining
-    detectors are reported as ``failed: timeout`` without running.
+    detectors are reported as ``failed: timeout`` without running. With ``fidelity``, every class map
+    gets measured faithfulness badges and the fidelity suite's figures are attached to the report.
     """
     names = resolve_detectors(detectors, target.spec.modality)
     options = options or {}
@@ -94,10 +96,16 @@ def scan(
         if observer:
             observer(name, "start")
         result = create(name).run(target, ctx)
+        if fidelity and result.status == "ok":
+            result = _with_badges(result, target, ctx)
         results.append(result)
         timings[name] = result.seconds
         if observer:
             observer(name, "done")
+    suite = None
+    if fidelity:
+        suite, note = run_fidelity_suite(target, replace(context, options=dict(options.get("fidelity", {}))))
+        settings = {**(settings or {}), "fidelity": note or "ran"}
     problem = output_problem(target, context.seed)
     if problem:
         results = [_invalidate(r, problem) for r in results]
@@ -105,8 +113,28 @@ def scan(
     return AuditReport(
         tool_version=__version__, model=target.info, spec=target.spec, labels=target.labels,
         seed=context.seed, verdict=fuse(results, target.labels), results=tuple(results), timings=timings,
-        device=str(target.device), settings=dict(settings or {}),
+        device=str(target.device), settings=dict(settings or {}), fidelity=suite,
     )
+
+
+def run_fidelity_suite(target: ModelTarget, context: RunContext) -> tuple[Any, str]:
+    """The explanation-fidelity suite, or (None, why it could not run)."""
+    from auditor.errors import DetectorTimeout
+    from auditor.fidelity import run_fidelity
+
+    try:
+        return run_fidelity(target, context), ""
+    except (ValueError, DetectorTimeout) as exc:
+        return None, f"not run: {exc}"
+
+
+def _with_badges(result: DetectorResult, target: ModelTarget, context: RunContext) -> DetectorResult:
+    from auditor.fidelity import attach_badges
+
+    try:
+        return attach_badges(result, target, context)
+    except Exception as exc:  # badges are extra evidence; their failure must not drop the detector's result
+        return replace(result, fidelity={**(result.fidelity or {}), "badges": f"not computed: {exc}"})
 
 
 def output_problem(target: ModelTarget, seed: int, probes: int = 16) -> str:

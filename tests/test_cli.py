@@ -128,3 +128,18 @@ class _Payload:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
+
+
+def test_fidelity_command_and_scan_fidelity_write_their_figures(tmp_path):
+    fast = ["--option", "fidelity.grids=2", "--option", "fidelity.methods=gradient,ixg",
+            "--option", "fidelity.settings=full", "--option", "fidelity.randomisation_images=4",
+            "--option", "fidelity.smoothing_kernels=5", "--option", "fidelity.am_steps=10"]
+    proc = auditor("fidelity", str(DEMO), "--out", str(tmp_path / "fid"), *fast)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
+    assert figures and "Content-Security-Policy" in (tmp_path / "fid" / "fidelity.html").read_text()
+    proc = auditor("scan", str(DEMO), "--fidelity", "--detectors", "max_margin", "--option", "max_margin.steps=20",
+                   "--out", str(tmp_path / "scan"), "--format", "json,html", *fast)
+    assert proc.returncode in (0, 1), proc.stderr
+    report = json.loads((tmp_path / "scan" / "report.json").read_text())
+    assert report["fidelity"] and report["settings"]["fidelity"] == "ran"

@@ -96,7 +96,7 @@ class GridHarness(nn.Module):
                 by_module.setdefault(layer.name, []).append(layer)
         try:
             for name, roles in by_module.items():
-                module = self.model.get_submodule(name)
+                module = dict(self.model.named_modules())[name]  # names may contain dots
                 self._hooks.append(module.register_forward_hook(self._make_hook(roles)))
             yield self
         finally:
@@ -209,7 +209,7 @@ def check_harness(harness: GridHarness, cell_shape: tuple[int, ...], device: tor
             seen["shape"] = tuple(output.shape[1:])
             raise _StopProbe  # the head cannot take the whole grid's features; stop here
 
-        handle = harness.model.get_submodule(harness._split.name).register_forward_hook(record)
+        handle = dict(harness.model.named_modules())[harness._split.name].register_forward_hook(record)
         try:
             with torch.no_grad():
                 harness.model(probe)

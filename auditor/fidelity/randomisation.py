@@ -89,7 +89,7 @@ def randomisation_stages(model: nn.Module, example: torch.Tensor, max_stages: in
 def reinitialise_(model: nn.Module, names: tuple[str, ...], generator: torch.Generator) -> None:
     """He-uniform weights, small uniform biases; norm layers back to γ=1, β=0. Seeded, in place."""
     for name in names:
-        module = model.get_submodule(name)
+        module = dict(model.named_modules())[name]  # names from onnx2pytorch may contain dots
         for pname, p in module.named_parameters(recurse=False):
             if p.dim() >= 2:
                 fan_in = p[0].numel()

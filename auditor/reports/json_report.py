@@ -26,11 +26,11 @@ def clean_number(value: Any, digits: int = 6) -> Any:
     return float(f"{f:.{digits}g}")
 
 
-def _clean(obj: Any) -> Any:
+def to_plain(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [to_plain(v) for v in obj]
     if isinstance(obj, str) or obj is None or isinstance(obj, bool):
         return obj
     if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:  # numpy / torch scalar
@@ -54,7 +54,7 @@ def to_dict(report: AuditReport) -> dict[str, Any]:
                                  "metrics": dict(ev.metrics)}
         classes.append({"index": c.index, "label": c.label, "flagged": c.flagged, "score": c.score,
                         "roles": list(c.roles), "detectors": detectors})
-    return _clean({
+    return to_plain({
         "schema": SCHEMA,
         "tool_version": report.tool_version,
         "model": {
@@ -88,6 +88,7 @@ def to_dict(report: AuditReport) -> dict[str, Any]:
             }
             for r in report.results
         },
+        "fidelity": report.fidelity.to_dict() if report.fidelity is not None else None,
         "settings": dict(report.settings),
         "timings": dict(report.timings),
     })
