@@ -56,27 +56,38 @@ def onnx_structural_mutants(path: Path, folder: Path):
     def fresh():
         return onnx.load(str(path))
 
-    out = []
-    m = fresh(); m.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.INT8; out.append(("wrong-dtype", m))
-    m = fresh(); m.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 3; out.append(("shape-lie", m))
-    m = fresh(); m.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 0; out.append(("zero-dim", m))
-    m = fresh(); m.opset_import[0].version = 999; out.append(("opset-999", m))
-    m = fresh(); m.opset_import[0].version = 1; out.append(("opset-1", m))
-    m = fresh(); first = m.graph.node[0]; first.input[0] = m.graph.node[-1].output[0]; out.append(("cycle", m))
-    m = fresh(); m.graph.initializer[0].dims[0] = 10**9; out.append(("initializer-dims-lie", m))
-    m = fresh(); m.graph.initializer[0].data_type = onnx.TensorProto.STRING; out.append(("initializer-dtype-lie", m))
-    m = fresh()
-    t = m.graph.initializer[0]
-    t.ClearField("raw_data"); t.data_location = onnx.TensorProto.EXTERNAL
-    e = t.external_data.add(); e.key, e.value = "location", "../../../etc/shadow"
-    out.append(("external-outside", m))
-    m = fresh()
-    t = m.graph.initializer[0]
-    t.ClearField("raw_data"); t.data_location = onnx.TensorProto.EXTERNAL
-    e = t.external_data.add(); e.key, e.value = "location", "/etc/passwd"
-    out.append(("external-absolute", m))
-    m = fresh(); m.graph.node[0].op_type = "NoSuchOp"; out.append(("unknown-op", m))
-    m = fresh(); del m.graph.output[:]; out.append(("no-output", m))
+    def mutated(edit):
+        model = fresh()
+        edit(model)
+        return model
+
+    def external(location):
+        def edit(model):
+            tensor = model.graph.initializer[0]
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            entry = tensor.external_data.add()
+            entry.key, entry.value = "location", location
+        return edit
+
+    def first_input_dims(m):
+        return m.graph.input[0].type.tensor_type.shape.dim
+
+    edits = {
+        "wrong-dtype": lambda m: setattr(m.graph.input[0].type.tensor_type, "elem_type", onnx.TensorProto.INT8),
+        "shape-lie": lambda m: setattr(first_input_dims(m)[2], "dim_value", 3),
+        "zero-dim": lambda m: setattr(first_input_dims(m)[1], "dim_value", 0),
+        "opset-999": lambda m: setattr(m.opset_import[0], "version", 999),
+        "opset-1": lambda m: setattr(m.opset_import[0], "version", 1),
+        "cycle": lambda m: m.graph.node[0].input.__setitem__(0, m.graph.node[-1].output[0]),
+        "initializer-dims-lie": lambda m: m.graph.initializer[0].dims.__setitem__(0, 10**9),
+        "initializer-dtype-lie": lambda m: setattr(m.graph.initializer[0], "data_type", onnx.TensorProto.STRING),
+        "external-outside": external("../../../etc/shadow"),
+        "external-absolute": external("/etc/passwd"),
+        "unknown-op": lambda m: setattr(m.graph.node[0], "op_type", "NoSuchOp"),
+        "no-output": lambda m: m.graph.output.__delitem__(slice(None)),
+    }
+    out = [(name, mutated(edit)) for name, edit in edits.items()]
     folder.mkdir(parents=True, exist_ok=True)
     for name, proto in out:
         p = folder / f"{name}.onnx"
