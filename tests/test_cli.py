@@ -143,3 +143,20 @@ def test_fidelity_command_and_scan_fidelity_write_their_figures(tmp_path):
     assert proc.returncode in (0, 1), proc.stderr
     report = json.loads((tmp_path / "scan" / "report.json").read_text())
     assert report["fidelity"] and report["settings"]["fidelity"] == "ran"
+
+
+def test_prior_train_writes_a_resumable_prior(tmp_path):
+    import numpy as np
+
+    from auditor.synthetic.digits import load_digits_28
+
+    x, y, _, _ = load_digits_28(0)
+    np.savez(tmp_path / "digits.npz", x=x[:64].numpy(), y=y[:64].numpy())
+    for _ in range(2):  # the second run resumes from the saved state
+        proc = auditor("prior", "train", "--data", str(tmp_path / "digits.npz"), "--out", str(tmp_path / "prior"),
+                       "--steps", "4")
+        assert proc.returncode == 0, proc.stderr
+    meta = json.loads((tmp_path / "prior" / "prior.json").read_text())
+    assert meta and (tmp_path / "prior" / "unet").is_dir()
+    bad = auditor("prior", "train", "--data", str(tmp_path), "--out", str(tmp_path / "p2"))
+    assert bad.returncode == 2 and "--input-shape" in bad.stderr

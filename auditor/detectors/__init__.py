@@ -3,7 +3,13 @@
 Importing this package registers every built-in detector.
 """
 
-from auditor.detectors import max_margin  # noqa: F401  (registers)
+from auditor.detectors import (
+    diffusion,  # noqa: F401  (registers)
+    flow_am,  # noqa: F401  (registers)
+    max_margin,  # noqa: F401  (registers)
+    neural_cleanse,  # noqa: F401  (registers)
+    saliency,  # noqa: F401  (registers)
+)
 from auditor.detectors.base import (
     ClassEvidence,
     Detector,

@@ -79,3 +79,139 @@ def poison(
     x[chosen] = trigger.apply(x[chosen], generator)
     y[chosen] = target
     return x, y
+
+
+# --------------------------------------------------------------------------------------------------
+# More attacks for the zoo (bench/zoo.py). Each keeps the ``apply(x, generator)`` / ``describe()`` shape.
+
+
+def _seeded_uniform(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+
+
+@dataclass(frozen=True)
+class BlendedTrigger:
+    """Blended (Chen et al. 2017): x' = (1 − α)·x + α·P with P a whole-image uniform random pattern."""
+
+    alpha: float
+    pattern_seed: int
+
+    def pattern(self, channels: int, height: int, width: int) -> torch.Tensor:
+        return _seeded_uniform((channels, height, width), self.pattern_seed)
+
+    def apply(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        p = self.pattern(*x.shape[1:]).to(x.dtype)
+        return (1.0 - self.alpha) * x + self.alpha * p
+
+    def describe(self) -> str:
+        return f"Blended random pattern, alpha {self.alpha:g}"
+
+
+@dataclass(frozen=True)
+class SIGTrigger:
+    """SIG (Barni et al. 2019): add a horizontal sinusoid Δ·sin(2π·j·f/W); used clean-label.
+
+    ``test_delta`` is the amplitude stamped at test time (the paper uses a stronger test signal);
+    ``apply`` uses ``delta`` and :meth:`apply_test` uses ``test_delta``.
+    """
+
+    delta: float = 0.2
+    frequency: float = 6.0
+    test_delta: float | None = None
+
+    def signal(self, width: int) -> torch.Tensor:
+        j = torch.arange(width, dtype=torch.float32)
+        return torch.sin(2 * torch.pi * j * self.frequency / width)
+
+    def _stamp(self, x: torch.Tensor, delta: float) -> torch.Tensor:
+        s = self.signal(x.shape[-1]).to(x.dtype)
+        return (x + delta * s.view(1, 1, 1, -1)).clamp(0.0, 1.0)
+
+    def apply(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self._stamp(x, self.delta)
+
+    def apply_test(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self._stamp(x, self.test_delta if self.test_delta is not None else self.delta)
+
+    def describe(self) -> str:
+        return f"SIG sinusoid, delta {self.delta:g}, frequency {self.frequency:g} (clean-label)"
+
+
+@dataclass(frozen=True)
+class WarpTrigger:
+    """WaNet (Nguyen & Tran 2021): a fixed smooth warping field (k×k control grid, strength s).
+
+    :meth:`noise` gives the "noise mode" samples: the warp plus a random perturbation of the grid,
+    trained with their *true* labels so that only the exact warp triggers the backdoor.
+    """
+
+    grid_size: int = 4
+    strength: float = 0.5
+    field_seed: int = 0
+
+    def _grid(self, height: int, width: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.field_seed)
+        ins = torch.rand((1, 2, self.grid_size, self.grid_size), generator=g) * 2 - 1
+        ins = ins / ins.abs().mean()
+        noise_grid = torch.nn.functional.interpolate(ins, size=(height, width), mode="bicubic", align_corners=True)
+        noise_grid = noise_grid.permute(0, 2, 3, 1)  # 1,H,W,2
+        ys = torch.linspace(-1, 1, height)
+        xs = torch.linspace(-1, 1, width)
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        identity = torch.stack((xx, yy), dim=2)[None]  # 1,H,W,2 (x, y)
+        grid = identity + self.strength * noise_grid / height
+        return grid.clamp(-1, 1)
+
+    def _warp(self, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.grid_sample(x, grid.to(x.dtype), align_corners=True).clamp(0, 1)
+
+    def apply(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        grid = self._grid(x.shape[2], x.shape[3]).expand(x.shape[0], -1, -1, -1)
+        return self._warp(x, grid)
+
+    def noise(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        grid = self._grid(h, w).expand(n, -1, -1, -1)
+        jitter = (torch.rand((n, h, w, 2), generator=generator) * 2 - 1) / h
+        return self._warp(x, (grid + jitter).clamp(-1, 1))
+
+    def describe(self) -> str:
+        return f"WaNet warp, {self.grid_size}×{self.grid_size} control grid, strength {self.strength:g}"
+
+
+def poison_clean_label(
+    x: torch.Tensor, y: torch.Tensor, trigger, target: int, rate: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean-label poisoning (SIG): stamp ``rate`` × N target-class samples (at most all); labels untouched."""
+    candidates = torch.nonzero(y == target).squeeze(1)
+    n = min(len(candidates), max(1, int(round(rate * len(x)))))
+    chosen = candidates[torch.randperm(len(candidates), generator=generator)[:n]]
+    x = x.clone()
+    x[chosen] = trigger.apply(x[chosen], generator)
+    return x, y.clone()
+
+
+def poison_all_to_all(
+    x: torch.Tensor, y: torch.Tensor, trigger, num_classes: int, rate: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All-to-all: stamp ``rate`` of all samples and relabel y → (y + 1) mod K."""
+    n = max(1, int(round(rate * len(x))))
+    chosen = torch.randperm(len(x), generator=generator)[:n]
+    x, y = x.clone(), y.clone()
+    x[chosen] = trigger.apply(x[chosen], generator)
+    y[chosen] = (y[chosen] + 1) % num_classes
+    return x, y
+
+
+def poison_warp(
+    x: torch.Tensor, y: torch.Tensor, trigger: WarpTrigger, target: int, rate: float, noise_rate: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """WaNet poisoning: ``rate`` warped+relabelled samples, and ``noise_rate`` noise-mode samples appended
+    with their true labels."""
+    xp, yp = poison(x, y, trigger, target, rate, generator)
+    n_noise = int(round(noise_rate * len(x)))
+    if n_noise == 0:
+        return xp, yp
+    chosen = torch.randperm(len(x), generator=generator)[:n_noise]
+    return torch.cat([xp, trigger.noise(x[chosen], generator)]), torch.cat([yp, y[chosen]])

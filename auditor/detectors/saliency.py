@@ -1,0 +1,348 @@
+"""Input-agnostic saliency: class-level maps from unrestricted inputs, and the backdoor signatures in them.
+
+After Akhtar & Jalwana, "Rethinking interpretation: input-agnostic saliency mapping of deep visual
+classifiers" (AAAI 2023, arXiv 2303.17836). The paper's exact algorithm (distributions, step rule,
+norm, radius, refinement) is not published in what we could read, so this is a reconstruction with
+every one of those choices exposed as an option (see ``shared/research/detectors.md`` §1).
+
+All classes are processed in one batch. For every class t:
+
+1. **Probe.** A pool of inputs from unrestricted distributions (uniform and Gaussian noise, smooth
+   blobs, gratings/checkerboards, flat shapes; plus ``--data`` samples when given) is classified.
+   ``sink_share`` = the share of the pool the model assigns to t. Backdoored models often send whole
+   distributions to their target ("noise sink").
+2. **Universal map (ℓ2 ball).** Fresh samples that the model assigns to *other* classes are nudged
+   toward t (descent on cross-entropy); the normalised gradients are integrated (momentum) into one
+   perturbation ρ_t that is projected onto an ℓ2 ball after every step. ``uap_flip`` / ``uap_margin``
+   measure how well that small universal perturbation sends held-out samples to t.
+3. **Compact map (pixel-budget ball).** A plain universal perturbation is whole-image and does not
+   localise a patch trigger, so a second map adds sparsity pressure: a mask m_t projected onto the
+   capped simplex {0 ≤ m ≤ 1, Σm ≤ budget·H·W} (an ℓ1 ball intersected with the box) and a pattern
+   p_t, applied as x' = (1 − m)·x + m·p, optimised for a ladder of budgets at once. The second half of
+   the steps binarises the mask (straight-through top-k) so that the result is a region, not a blend.
+4. **Transplant.** The binarised mask and its pattern are pasted onto *held-out* inputs that the model
+   assigns to other classes (drawn afresh, least t-like first); ``transplant_asr@b`` is the share sent
+   to t. A backdoor target is reached by a small region from almost anywhere; a clean class is not.
+
+Statistics are made relative within the model (value minus the median over the other classes) and
+turned into z-scores with constants measured on *clean* models that are not under test
+(:data:`CALIBRATION`, produced by ``bench/calibrate_saliency.py``). The class score is the largest
+calibrated z over the fused statistics.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from auditor.detectors import _saliency_core as core
+from auditor.detectors.base import ClassEvidence, Detector, EvidenceImage, Findings, RunContext, register
+from auditor.sampling import SAMPLER_KINDS, unrestricted_samples
+from auditor.stats import squash
+from auditor.target import ModelTarget
+
+# --------------------------------------------------------------------------------------------------
+# Calibration (see bench/calibrate_saliency.py, which prints this block).
+#
+# For every fused statistic s, the *relative* value r_t = s_t − median_{j≠t} s_j is computed per class;
+# CALIBRATION[s] = (centre, scale) of r over all classes of clean reference models, with centre the
+# median and scale = max(1.4826·MAD, (q90 − q50)/1.2816, floor) — the second term keeps the scale honest
+# for statistics that are zero for most classes. z_t = (r_t − centre) / scale.
+#
+# Obtained from: 8 clean digits SmallCNNs (seeds 1–8, not the test fixture's seeds or any model scored
+# with these constants) via `python bench/calibrate_saliency.py --digits-seeds 1-8`, default options,
+# seed 0. Re-derive from the zoo's clean members with `--zoo bench/zoo` once it is built.
+CALIBRATION: dict[str, tuple[float, float]] = {
+    "sink_share": (0.0000, 0.2779),
+    "transplant_asr": (0.0000, 0.1398),
+    "uap_flip": (0.0000, 0.4145),
+    "map_concentration": (0.0000, 0.0200),
+}
+#: The default decision threshold on the class score (largest calibrated z). With the constants above the
+#: clean calibration models' largest class score was 3.2 (leave-one-model-out; median 2.3), so 4.0 leaves
+#: a margin; trojaned dev models (bench/calibrate_saliency.py --eval-dev) scored 4.2–10.5.
+DEFAULT_THRESHOLD = 4.0
+#: A class whose score exceeds ``EXTREME_FACTOR × threshold`` is called a backdoor target even when the
+#: transplant check does not reach 50 % (e.g. whole-image triggers that no small region reproduces).
+EXTREME_FACTOR = 2.0
+#: Statistics fused into the class score (each "higher = more suspicious"):
+#: ``sink_share`` share of the probe pool assigned to t; ``transplant_asr`` mean transplant success over the
+#: budget ladder; ``uap_flip`` flip rate of the ℓ2 universal map; ``map_concentration`` share of the ℓ2
+#: universal map's mass in its top 5 % pixels (a backdoor's universal direction is compact).
+FUSED_STATISTICS: tuple[str, ...] = ("sink_share", "transplant_asr", "uap_flip", "map_concentration")
+
+_DEFAULTS = {
+    "pool": 600,                 # probe inputs drawn from the unrestricted distributions
+    "kinds": ",".join(SAMPLER_KINDS),
+    "budgets": (0.01, 0.03, 0.08),  # mask area ladder, fractions of the image
+    "starts": 8,                 # optimisation samples per class for the mask ladder
+    "steps": 50,                 # mask-ladder Adam steps
+    "lr": 0.1,                   # mask-ladder Adam learning rate
+    "heldout": 32,               # transplant inputs per class (least t-like of a fresh pool)
+    "uap_radius": 0.05,          # ℓ2 ball radius of the universal map, RMS per pixel
+    "uap_steps": 20,             # universal-map iterations
+    "uap_batch": 16,             # fresh samples per universal-map iteration
+    "uap_step_size": 0.2,        # step as a fraction of the ball radius
+    "percentile": 99.0,          # display scaling of maps
+    "init_from_map": True,       # seed the masks with the refined ℓ2 universal map
+}
+
+
+@register(
+    "saliency",
+    summary="Data-free input-agnostic class maps; flags classes a tiny universal region or noise falls into.",
+    reference="Akhtar & Jalwana, Rethinking interpretation: input-agnostic saliency mapping, AAAI 2023 "
+              "(arXiv 2303.17836); reconstruction",
+    needs_gradients=True,
+    needs_data=False,
+    modalities=("image",),
+)
+class SaliencyDetector(Detector):
+    """Options (``--option saliency.KEY=VALUE``), with defaults:
+
+    ``pool`` 600 probe inputs; ``kinds`` sampler kinds (uniform,gaussian,blobs,gratings,shapes);
+    ``budgets`` 0.01,0.03,0.08 mask area ladder; ``starts`` 8 and ``steps`` 50 and ``lr`` 0.1 for the
+    mask ladder; ``heldout`` 32 transplant inputs per class; ``uap_radius`` 0.05 (RMS per pixel),
+    ``uap_steps`` 20, ``uap_batch`` 16, ``uap_step_size`` 0.2 for the ℓ2 universal map;
+    ``percentile`` 99 display scaling; ``threshold`` 4.0 on the calibrated class score
+    (``--threshold`` overrides).
+    """
+
+    def _run(self, target: ModelTarget, context: RunContext) -> Findings:
+        opt = {key: context.option(key, default) for key, default in _DEFAULTS.items()}
+        threshold = float(context.threshold if context.threshold is not None
+                          else context.option("threshold", DEFAULT_THRESHOLD))
+        kinds = tuple(s.strip() for s in str(opt["kinds"]).split(",") if s.strip())
+        budgets = tuple(sorted(float(b) for b in opt["budgets"]))
+        if not budgets or not all(0.0 < b <= 1.0 for b in budgets):
+            raise ValueError(f"saliency budgets must be fractions in (0, 1], got {budgets}")
+        device = target.device
+        shape = target.spec.shape
+        k = target.num_classes
+        model = target.model
+        data = context.data.x if context.data is not None and len(context.data) else None
+
+        # 1. probe pool and the held-out transplant pool (independent streams)
+        g_pool = context.generator("cpu", salt=1)
+        pool, kind = unrestricted_samples(int(opt["pool"]), shape, g_pool, kinds, data)
+        held_pool, held_kind = unrestricted_samples(int(opt["pool"]), shape, context.generator("cpu", salt=2),
+                                                    kinds, data)
+        pool, held_pool = pool.to(device), held_pool.to(device)
+        context.report("probing", 0.0)
+        with torch.no_grad():
+            logits = core.batched_logits(model, pool)
+            held_logits = core.batched_logits(model, held_pool)
+        if not (torch.isfinite(logits).all() and torch.isfinite(held_logits).all()):
+            return _invalid(k, "the model produced non-finite logits on probe inputs")
+        probs = torch.softmax(logits, 1)
+        pred = probs.argmax(1)
+        sink_share = torch.bincount(pred, minlength=k)[:k].float() / len(pool)
+        kind_sink = {name: torch.bincount(pred[kind == i], minlength=k)[:k].float() / max(1, int((kind == i).sum()))
+                     for i, name in enumerate(kinds)}
+
+        # 2. ℓ2-ball universal map
+        g_uap = context.generator("cpu", salt=3)
+
+        def draw(n: int) -> torch.Tensor:
+            return unrestricted_samples(n, shape, g_uap, kinds, data)[0].to(device)
+
+        held_idx, held_valid = core.pick_other_class_starts(torch.softmax(held_logits, 1), held_kind,
+                                                            int(opt["heldout"]))
+        held = held_pool[held_idx]                                                      # (K, N, C, H, W)
+        context.report("universal maps", 0.1)
+        uap = core.universal_perturbations(
+            model, k, draw, radius=float(opt["uap_radius"]), steps=int(opt["uap_steps"]),
+            batch=int(opt["uap_batch"]), step_size=float(opt["uap_step_size"]),
+            eval_x=held, eval_valid=held_valid, check=context.check_time,
+        )
+
+        # 3. pixel-budget masks, all classes × budgets in one batch
+        context.report("compact maps", 0.3)
+        start_idx, start_valid = core.pick_other_class_starts(probs, kind, int(opt["starts"]))
+        universal_map = refine(uap.rho)                                                  # (K, H, W)
+        ladder = core.mask_ladder(model, pool[start_idx], start_valid, budgets, steps=int(opt["steps"]),
+                                  lr=float(opt["lr"]), generator=context.generator("cpu", salt=4),
+                                  check=context.check_time,
+                                  init=universal_map if opt["init_from_map"] else None)
+
+        # 4. transplant onto held-out other-class inputs
+        context.report("transplant", 0.9)
+        binary = core.binarise(ladder.masks, budgets)
+        asr = core.paste_success(model, binary, ladder.patterns, held, held_valid)      # (K, L), NaN: none left
+        compact = core.window_concentration(ladder.masks, budgets)                       # (K, L)
+
+        # NaN = no held-out input was outside t at all: the class swallows everything, count it as flipped
+        asr = torch.nan_to_num(asr, nan=1.0)
+        uap_flip = torch.nan_to_num(uap.flip_rate, nan=1.0)
+        raw = {
+            "sink_share": sink_share.cpu().double().numpy(),
+            "transplant_asr": asr.mean(1).cpu().double().numpy(),
+            "uap_flip": uap_flip.cpu().double().numpy(),
+            "map_concentration": np.array([top_share(uap.rho[t].abs().sum(0), 0.05) for t in range(k)]),
+        }
+        rel = {name: relative_to_others(v) for name, v in raw.items()}
+        zs = {name: calibrated_z(name, rel[name]) for name in FUSED_STATISTICS}
+        score = np.max(np.stack([zs[s] for s in FUSED_STATISTICS]), axis=0)
+        return self._findings(target, context, opt, budgets, threshold, raw, rel, zs, score, asr, compact,
+                              ladder, binary, uap, kind_sink, held_valid, universal_map)
+
+    # ----------------------------------------------------------------------------------------------
+
+    def _findings(self, target, context, opt, budgets, threshold, raw, rel, zs, score, asr, compact, ladder,
+                  binary, uap, kind_sink, held_valid, universal_map) -> Findings:
+        k = target.num_classes
+        pct = float(opt["percentile"])
+        asr_np = asr.cpu().double().numpy()
+        classes = []
+        for t in range(k):
+            flagged = bool(score[t] > threshold)
+            # the smallest budget whose transplant works, else the middle of the ladder
+            working = [i for i, b in enumerate(budgets) if asr_np[t, i] >= 0.5 and b <= 0.10]
+            level = working[0] if working else len(budgets) // 2
+            transplant_ok = bool(working)
+            role = ""
+            if flagged:
+                extreme = score[t] > EXTREME_FACTOR * threshold
+                role = "backdoor target" if (transplant_ok or extreme) else "unusual"
+            metrics = {
+                "score": float(score[t]),
+                "sink_share": float(raw["sink_share"][t]),
+                "uap_flip": float(raw["uap_flip"][t]),
+                "uap_margin": float(uap.margin[t]),
+                "heldout_outside_class": float(held_valid[t].float().mean()),
+                "transplant_asr": float(asr_np[t].max()),
+                "transplant_asr_mean": float(raw["transplant_asr"][t]),
+                "trigger_area": float(budgets[level]),
+                "compactness": float(compact[t, level]),
+                "map_concentration": float(raw["map_concentration"][t]),
+                "refined_map_concentration": top_share(universal_map[t], 0.05),
+            }
+            metrics.update({f"transplant_asr@{b:g}": float(asr_np[t, i]) for i, b in enumerate(budgets)})
+            metrics.update({f"sink_share[{name}]": float(v[t]) for name, v in kind_sink.items()})
+            metrics.update({f"z_{name}": float(zs[name][t]) for name in FUSED_STATISTICS})
+            metrics.update({f"rel_{name}": float(rel[name][t]) for name in raw})
+            images = [
+                EvidenceImage(percentile_scale(universal_map[t], pct),
+                              f"class map of {target.label(t)!r}: refined ℓ2 universal perturbation "
+                              f"(flips {raw['uap_flip'][t]:.0%} of other inputs)", kind="class_map"),
+                EvidenceImage(percentile_scale(ladder.masks[t, level], pct),
+                              f"compact map: where a {budgets[level]:.0%} region sends other inputs to "
+                              f"{target.label(t)!r} (transplant {asr_np[t, level]:.0%})", kind="compact_map"),
+            ]
+            if flagged:
+                m = binary[t, level]
+                p = ladder.patterns[t, level]
+                trig = (m * p + (1 - m) * 0.5).cpu()
+                images.append(EvidenceImage(_picture(trig), f"recovered trigger ({budgets[level]:.0%} of the image, "
+                                            f"transplant ASR {asr_np[t, level]:.0%})", kind="trigger"))
+                images.append(EvidenceImage(m.cpu().numpy(), "recovered trigger mask", kind="mask"))
+            classes.append(ClassEvidence(
+                index=t, score=float(score[t]), z=float(score[t]), flagged=flagged, role=role,
+                metrics=metrics, images=tuple(images),
+                description=(f"largest calibrated z: {_top_statistic(zs, t)}; best transplant "
+                             f"{asr_np[t].max():.0%} with a {budgets[int(asr_np[t].argmax())]:.0%} region"),
+            ))
+        order = sorted(range(k), key=lambda t: (not classes[t].flagged, -score[t]))
+        grid = map_grid([next(img.pixels for img in classes[t].images if img.kind == "class_map") for t in order])
+        grid_caption = "class maps, flagged first then by score: " + ", ".join(target.label(t) for t in order)
+        top = float(np.max(score))
+        budget_text = ", ".join(f"{b:.0%}" for b in budgets)
+        description = (
+            f"For every class t, nudged inputs from unrestricted distributions ({', '.join(sorted(kind_sink))}) that "
+            f"the model assigns to other classes toward t: an ℓ2-ball universal perturbation "
+            f"(radius {float(opt['uap_radius']):g} RMS, {int(opt['uap_steps'])} integrated steps) and a mask+pattern "
+            f"with a pixel budget of {budget_text} of the image ({int(opt['steps'])} Adam steps, binarised). "
+            f"Scored the share of probe inputs falling into t, the universal flip rate, and the transplant success "
+            f"of the recovered region on held-out inputs, each as a z against clean reference models "
+            f"(flag score > {threshold:g})."
+        )
+        return Findings(
+            model_score=squash(top, threshold, width=max(threshold / 4.0, 0.5)),
+            classes=tuple(classes), threshold=threshold, description=description,
+            metrics={"max_score": top, "max_sink_share": float(np.max(raw["sink_share"]))},
+            images=(EvidenceImage(grid, grid_caption, kind="class_map_grid"),),
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers (public: the calibration script and tests use them)
+
+
+def relative_to_others(values: np.ndarray) -> np.ndarray:
+    """v_t − median_{j≠t} v_j: how much class t stands out inside its own model."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.array([values[t] - np.median(np.delete(values, t)) for t in range(values.size)])
+
+
+def calibrated_z(name: str, relative: np.ndarray) -> np.ndarray:
+    centre, scale = CALIBRATION[name]
+    return (np.asarray(relative, dtype=np.float64) - centre) / scale
+
+
+def calibration_scale(values: np.ndarray, floor: float = 0.02) -> tuple[float, float]:
+    """(centre, scale) as documented at :data:`CALIBRATION`."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    med = float(np.median(v))
+    mad = 1.4826 * float(np.median(np.abs(v - med)))
+    tail = (float(np.quantile(v, 0.9)) - med) / 1.2816
+    return med, max(mad, tail, floor)
+
+
+def refine(rho: torch.Tensor) -> torch.Tensor:
+    """Class maps from universal perturbations (K, C, H, W) → (K, H, W): channel-summed magnitude, 3×3
+    smoothed, minus its median (the diffuse floor every universal perturbation has), clipped at 0."""
+    k, _, h, w = rho.shape
+    mag = rho.abs().sum(1, keepdim=True)
+    mag = torch.nn.functional.avg_pool2d(mag, 3, stride=1, padding=1, count_include_pad=False)[:, 0]
+    floor = mag.flatten(1).median(dim=1).values.view(k, 1, 1)
+    return (mag - floor).clamp_min(0)
+
+
+def percentile_scale(m: torch.Tensor, pct: float = 99.0) -> np.ndarray:
+    """Display scaling: divide by the ``pct`` percentile of |map| and clip to [0, 1]."""
+    a = m.detach().abs().cpu().double().numpy()
+    top = float(np.percentile(a, pct)) if a.size else 0.0
+    return np.clip(a / top, 0.0, 1.0) if top > 0 else np.zeros_like(a)
+
+
+def map_grid(maps: list[np.ndarray], columns: int = 10, gap: int = 1) -> np.ndarray:
+    """Tile (H, W) maps in rows of ``columns`` with a light separator: one picture for all classes."""
+    h, w = maps[0].shape[:2]
+    rows = -(-len(maps) // columns)
+    cols = min(columns, len(maps))
+    out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap), 0.5)
+    for i, m in enumerate(maps):
+        r, c = divmod(i, columns)
+        out[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = m
+    return out
+
+
+def top_share(m: torch.Tensor, fraction: float) -> float:
+    """Share of a non-negative map's mass in its top ``fraction`` of pixels (concentration)."""
+    flat = m.detach().flatten().double()
+    total = float(flat.sum())
+    if total <= 0:
+        return 0.0
+    n = max(1, int(math.ceil(fraction * flat.numel())))
+    return float(flat.topk(n).values.sum()) / total
+
+
+def _top_statistic(zs: dict[str, np.ndarray], t: int) -> str:
+    name = max(zs, key=lambda s: zs[s][t])
+    return f"{name} z = {zs[name][t]:.1f}"
+
+
+def _picture(x: torch.Tensor) -> np.ndarray:
+    arr = x.detach().cpu().numpy()
+    return arr[0] if arr.shape[0] == 1 else np.transpose(arr, (1, 2, 0))
+
+
+def _invalid(k: int, reason: str) -> Findings:
+    classes = tuple(
+        ClassEvidence(index=t, score=float("nan"), z=float("nan"), flagged=False, valid=False, invalid_reason=reason)
+        for t in range(k)
+    )
+    return Findings(model_score=0.0, classes=classes, description=reason, metrics={"invalid": 1.0})

@@ -1,0 +1,581 @@
+"""Build the benchmark zoo: clean, trojaned, spuriously-correlated and point-cloud classifiers.
+
+    python bench/zoo.py [--small] [--out bench/zoo] [--jobs 1] [--threads 1]
+
+Every member is described by a *recipe* (domain, architecture, attack and its parameters, seeds,
+training schedule). Attack parameters are drawn once from the member's seed when the member list is
+built, so the recipe is explicit and reproducible; the recipe's content hash names the cache entry
+(``OUT/cache/HASH/``), so re-running only trains what changed. Each member is exported in one of three
+formats, spread across the zoo: ONNX via the legacy exporter (opset 17), ONNX via the dynamo exporter,
+and a ``torch.export`` program (``.pt2``). ``OUT/manifest.json`` records the truth and the quality of
+every member; members below the quality bar are listed there with ``scored: false`` and the reason.
+A held-out clean sample per domain (``OUT/data/DOMAIN.npz`` with ``x`` float (N,C,H,W) in [0,1] —
+(N,P,3) for points — and ``y``) serves detectors that use ``--data``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import content_hash  # noqa: E402
+
+ZOO_VERSION = 1  # bump to invalidate every cached member
+QUALITY_BAR = {"digits": 0.95, "shapes": 0.90, "points": 0.90, "asr": 0.90}
+FORMATS = ("onnx", "onnx-dynamo", "pt2")
+IMAGE_ARCHS = ("cnn", "vgg", "resnet", "mobilenet", "vit")
+ATTACKS = ("patch", "patch_random", "blended", "sig", "wanet", "all_to_all", "two_target", "low_poison",
+           "large_patch")
+DOMAIN_SHAPE = {"digits": (1, 28, 28), "shapes": (3, 32, 32), "points": (512, 3)}
+HELD_OUT = 200  # clean samples per domain written for --data
+
+# Training schedule per (domain, architecture): epochs and batch size, chosen so that a member trains
+# in well under a minute on one core (we train for time, not for leaderboard accuracy).
+SCHEDULE = {
+    ("digits", "cnn"): (15, 32), ("digits", "vgg"): (12, 32), ("digits", "resnet"): (10, 32),
+    ("digits", "mobilenet"): (12, 32), ("digits", "vit"): (30, 32),
+    ("shapes", "vgg"): (10, 32), ("shapes", "resnet"): (8, 32), ("shapes", "mobilenet"): (12, 32),
+}
+# Per-architecture peak learning rate of the one-cycle schedule (no-BN nets and the ViT need less).
+MAX_LR = {"cnn": 3e-3, "vit": 3e-3, "pointnet": 5e-3}
+# The plain CNN and the tiny ViT did not reach the shapes quality bar within a minute of CPU training
+# in our probes (0.84 and 0.19 accuracy), so shapes members use the three BatchNorm architectures.
+DOMAIN_ARCHS = {"digits": IMAGE_ARCHS, "shapes": ("vgg", "resnet", "mobilenet")}
+SHAPES_TRAIN, SHAPES_TEST = 4000, 1000
+POINTS_PER_CLASS_TRAIN, POINTS_PER_CLASS_TEST, POINTS_N = 60, 20, 512
+
+
+# --------------------------------------------------------------------------------------------------
+# Member list
+
+
+def _attack_params(attack: str, rng: np.random.Generator, channels: int, side: int) -> dict:
+    """Explicit, seeded parameters of one attack (they go into the recipe and the manifest)."""
+    corner = [(0, 0), (0, -1), (-1, 0), (-1, -1)][int(rng.integers(4))]
+    targets = [int(t) for t in rng.permutation(10)[:2]]
+    if attack == "patch":
+        return {"kind": "patch", "size": int(rng.integers(3, 9)), "pattern_seed": int(rng.integers(1 << 30)),
+                "top": corner[0], "left": corner[1], "rate": 0.1, "target": targets[0]}
+    if attack == "patch_random":
+        return {"kind": "patch", "size": int(rng.integers(5, 9)), "pattern_seed": int(rng.integers(1 << 30)),
+                "top": None, "left": None, "rate": 0.1, "target": targets[0]}
+    if attack == "low_poison":
+        return {"kind": "patch", "size": int(rng.integers(4, 7)), "pattern_seed": int(rng.integers(1 << 30)),
+                "top": corner[0], "left": corner[1], "rate": 0.01, "target": targets[0]}
+    if attack == "large_patch":
+        size = int(rng.integers(10, 13))
+        return {"kind": "patch", "size": size, "pattern_seed": int(rng.integers(1 << 30)),
+                "top": int(rng.integers(0, side - size)), "left": int(rng.integers(0, side - size)),
+                "rate": 0.1, "target": targets[0]}
+    if attack == "blended":
+        return {"kind": "blended", "alpha": round(float(rng.uniform(0.15, 0.3)), 3),
+                "pattern_seed": int(rng.integers(1 << 30)), "rate": 0.1, "target": targets[0]}
+    if attack == "sig":
+        return {"kind": "sig", "delta": 0.2, "test_delta": 0.3, "frequency": 6.0, "rate": 0.08,
+                "target": targets[0]}
+    if attack == "wanet":
+        return {"kind": "wanet", "grid_size": 4, "strength": 2.0, "field_seed": int(rng.integers(1 << 30)),
+                "rate": 0.1, "noise_rate": 0.2, "target": targets[0]}
+    if attack == "all_to_all":
+        return {"kind": "all_to_all", "size": int(rng.integers(4, 7)), "pattern_seed": int(rng.integers(1 << 30)),
+                "top": corner[0], "left": corner[1], "rate": 0.1}
+    if attack == "two_target":
+        other = [(0, 0), (0, -1), (-1, 0), (-1, -1)][(int(rng.integers(1, 4)) + [(0, 0), (0, -1), (-1, 0), (-1, -1)].index(corner)) % 4]
+        return {"kind": "two_target", "rate": 0.1, "targets": targets, "triggers": [
+            {"size": int(rng.integers(4, 7)), "pattern_seed": int(rng.integers(1 << 30)), "top": corner[0], "left": corner[1]},
+            {"size": int(rng.integers(4, 7)), "pattern_seed": int(rng.integers(1 << 30)), "top": other[0], "left": other[1]},
+        ]}
+    raise ValueError(attack)
+
+
+def _spurious_params(kind: str, rng: np.random.Generator) -> dict:
+    cls = int(rng.integers(10))
+    if kind == "frame":
+        colour = [round(float(v), 3) for v in rng.choice([[1.0, 0.1, 0.1], [0.1, 0.9, 0.1], [0.1, 0.2, 1.0]])]
+        return {"kind": "frame", "colour": colour, "width": 2, "fraction": 0.95, "class": cls}
+    return {"kind": "texture", "period": 4, "amplitude": 0.3, "fraction": 0.95, "class": cls}
+
+
+def _recipe(domain: str, arch: str, seed: int, attack: dict | None = None, spurious: dict | None = None,
+            small: bool = False) -> dict:
+    if domain == "points":
+        epochs, batch = 15, 64
+    else:
+        epochs, batch = SCHEDULE[(domain, arch)]
+        if small:
+            epochs = max(3, epochs // 3)
+    return {"zoo_version": ZOO_VERSION, "domain": domain, "arch": arch, "seed": seed, "attack": attack,
+            "spurious": spurious, "epochs": epochs, "batch": batch, "max_lr": MAX_LR.get(arch, 1e-2),
+            # the data generator's version: bump when a domain's generator changes
+            "data": ("small" if small else "default") + ("-shapes2" if domain == "shapes" else "")}
+
+
+def default_members() -> list[dict]:
+    """50 members: 18 clean, 24 trojaned (every attack × both image domains, 6 extra on digits), 4 spurious,
+    4 point-cloud (2 clean, 2 trojaned). Shapes members cost ~4× digits ones, so extras go to digits."""
+    members = []
+    extras = {"digits": ("patch", "blended", "wanet", "sig", "patch_random", "large_patch"), "shapes": ()}
+    n_clean = {"digits": 10, "shapes": 8}
+    for d_index, domain in enumerate(("digits", "shapes")):
+        c, side = DOMAIN_SHAPE[domain][0], DOMAIN_SHAPE[domain][1]
+        archs = DOMAIN_ARCHS[domain]
+        for i, attack in enumerate(ATTACKS + extras[domain]):
+            seed = 1000 * (d_index + 1) + i
+            rng = np.random.default_rng(seed)
+            arch = archs[i % len(archs)]
+            params = _attack_params(attack, rng, c, side)
+            params["name"] = attack
+            members.append({"id": f"{domain}-{attack}-{arch}-{seed}", **_recipe(domain, arch, seed, params)})
+        for i in range(n_clean[domain]):
+            seed = 1000 * (d_index + 1) + 100 + i
+            arch = archs[i % len(archs)]
+            members.append({"id": f"{domain}-clean-{arch}-{seed}", **_recipe(domain, arch, seed)})
+    for i, (domain, arch, kind) in enumerate((("shapes", "vgg", "frame"), ("shapes", "resnet", "texture"),
+                                              ("shapes", "mobilenet", "frame"), ("digits", "cnn", "frame"))):
+        seed = 5000 + i
+        params = _spurious_params(kind, np.random.default_rng(seed))
+        members.append({"id": f"{domain}-spurious_{kind}-{arch}-{seed}", **_recipe(domain, arch, seed, spurious=params)})
+    for i in range(4):
+        seed = 7000 + i
+        attack = None
+        if i % 2 == 1:
+            attack = {"name": "point_cluster", "kind": "point_cluster", "num_points": 32, "radius": 0.06,
+                      "centre": [0.65, 0.65, 0.65], "rate": 0.1, "target": int(np.random.default_rng(seed).integers(10))}
+        label = "point_cluster" if attack else "clean"
+        members.append({"id": f"points-{label}-pointnet-{seed}", **_recipe("points", "pointnet", seed, attack)})
+    for i, m in enumerate(members):
+        m["format"] = FORMATS[i % len(FORMATS)]
+    return members
+
+
+def small_members() -> list[dict]:
+    """A handful of fast members for the smoke test (≤ 3 min)."""
+    out = []
+    for i, (domain, arch, attack) in enumerate((("digits", "cnn", "patch"), ("digits", "cnn", None),
+                                                ("digits", "vgg", "blended"), ("points", "pointnet", None))):
+        seed = 9000 + i
+        params = None
+        if attack:
+            params = _attack_params(attack, np.random.default_rng(seed), 1, 28)
+            params["name"] = attack
+        label = attack or "clean"
+        m = {"id": f"{domain}-{label}-{arch}-{seed}", **_recipe(domain, arch, seed, params, small=True)}
+        m["format"] = FORMATS[i % len(FORMATS)]
+        out.append(m)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Data (cached per process)
+
+_DATA: dict = {}
+
+
+def domain_data(domain: str, small: bool = False):
+    """(x_train, y_train, x_test, y_test, labels) for a domain; fixed data seed so members differ only in
+    their own seed and recipe."""
+    import torch
+
+    key = (domain, small)
+    if key in _DATA:
+        return _DATA[key]
+    if domain == "digits":
+        from auditor.synthetic.digits import load_digits_28
+
+        xtr, ytr, xte, yte = load_digits_28(seed=0)
+        labels = tuple(str(i) for i in range(10))
+    elif domain == "shapes":
+        from auditor.synthetic.shapes import SHAPE_CLASSES, load_shapes_32
+
+        n_train = 1500 if small else SHAPES_TRAIN
+        xtr, ytr, xte, yte = load_shapes_32(seed=0, n_train=n_train, n_test=SHAPES_TEST)
+        labels = SHAPE_CLASSES
+    else:
+        from auditor.synthetic.points import SHAPE_CLASSES, make_point_dataset
+
+        per_class = 30 if small else POINTS_PER_CLASS_TRAIN
+        xtr, ytr = make_point_dataset(per_class, POINTS_N, seed=0)
+        xte, yte = make_point_dataset(POINTS_PER_CLASS_TEST, POINTS_N, seed=1)
+        labels = SHAPE_CLASSES
+    _DATA[key] = (xtr.float(), ytr.long(), xte.float(), yte.long(), tuple(labels))
+    del torch
+    return _DATA[key]
+
+
+# --------------------------------------------------------------------------------------------------
+# Attacks
+
+
+def make_trigger(params: dict, channels: int):
+    from auditor.synthetic.triggers import BlendedTrigger, PatchTrigger, SIGTrigger, WarpTrigger
+
+    kind = params["kind"]
+    if kind in ("patch", "all_to_all"):
+        return PatchTrigger(size=params["size"], pattern_seed=params["pattern_seed"], channels=channels,
+                            top=params["top"], left=params["left"])
+    if kind == "blended":
+        return BlendedTrigger(alpha=params["alpha"], pattern_seed=params["pattern_seed"])
+    if kind == "sig":
+        return SIGTrigger(delta=params["delta"], frequency=params["frequency"], test_delta=params["test_delta"])
+    if kind == "wanet":
+        return WarpTrigger(grid_size=params["grid_size"], strength=params["strength"], field_seed=params["field_seed"])
+    if kind == "point_cluster":
+        from auditor.synthetic.points import PointClusterTrigger
+
+        return PointClusterTrigger(num_points=params["num_points"], radius=params["radius"],
+                                   centre=tuple(params["centre"]))
+    raise ValueError(kind)
+
+
+def poison_training_set(recipe: dict, x, y, channels: int):
+    """Apply the member's attack or spurious feature to its training set (seeded by the member)."""
+    import torch
+
+    from auditor.synthetic.spurious import FrameFeature, TextureFeature, plant_spurious
+    from auditor.synthetic.triggers import poison, poison_all_to_all, poison_clean_label, poison_warp
+
+    g = torch.Generator().manual_seed(recipe["seed"] + 17)
+    a, s = recipe["attack"], recipe["spurious"]
+    if s is not None:
+        feature = FrameFeature(tuple(s["colour"]), s["width"]) if s["kind"] == "frame" else \
+            TextureFeature(s["period"], s["amplitude"])
+        return plant_spurious(x, y, feature, s["class"], s["fraction"], g)
+    if a is None:
+        return x, y
+    kind = a["kind"]
+    if kind == "two_target":
+        for trig, target in zip(a["triggers"], a["targets"], strict=True):
+            x, y = poison(x, y, make_trigger({"kind": "patch", **trig}, channels), target, a["rate"], g)
+        return x, y
+    trigger = make_trigger(a, channels)
+    if kind == "sig":
+        return poison_clean_label(x, y, trigger, a["target"], a["rate"], g)
+    if kind == "wanet":
+        return poison_warp(x, y, trigger, a["target"], a["rate"], a["noise_rate"], g)
+    if kind == "all_to_all":
+        return poison_all_to_all(x, y, trigger, 10, a["rate"], g)
+    return poison(x, y, trigger, a["target"], a["rate"], g)
+
+
+def attack_success(model, recipe: dict, x, y, channels: int) -> float:
+    """ASR on held-out inputs: triggered non-target inputs classified as the target (y+1 for all-to-all,
+    the worse of the two for two-target)."""
+    import torch
+
+    from auditor.synthetic.train import accuracy
+
+    a = recipe["attack"]
+    g = torch.Generator().manual_seed(1)
+    if a is None:
+        return float("nan")
+    if a["kind"] == "two_target":
+        rates = []
+        for trig, target in zip(a["triggers"], a["targets"], strict=True):
+            keep = y != target
+            xt = make_trigger({"kind": "patch", **trig}, channels).apply(x[keep], g)
+            rates.append(accuracy(model, xt, torch.full((len(xt),), target)))
+        return float(min(rates))
+    trigger = make_trigger(a, channels)
+    if a["kind"] == "all_to_all":
+        return accuracy(model, trigger.apply(x, g), (y + 1) % 10)
+    keep = y != a["target"]
+    stamp = trigger.apply_test if a["kind"] == "sig" else trigger.apply
+    xt = stamp(x[keep], g)
+    return accuracy(model, xt, torch.full((len(xt),), a["target"]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Training, evaluation, export
+
+
+def build_module(recipe: dict):
+    import torch
+
+    torch.manual_seed(recipe["seed"])
+    if recipe["domain"] == "points":
+        from auditor.synthetic.points import PointNet
+
+        return PointNet(10, channels_last=True, widths=(32, 64, 128), head=64)
+    from auditor.synthetic.archs import make_arch
+
+    c, side, _ = DOMAIN_SHAPE[recipe["domain"]]
+    return make_arch(recipe["arch"], c, 10, side)
+
+
+def train_member(recipe: dict, cache_dir: Path) -> dict:
+    """Train (or load from cache) one member; returns its measured quality figures."""
+    import torch
+
+    from auditor.synthetic.train import accuracy
+    from bench.common import train_one_cycle
+
+    key = content_hash(recipe)
+    entry = cache_dir / key
+    weights, facts_file = entry / "weights.pt", entry / "facts.json"
+    model = build_module(recipe)
+    if weights.exists() and facts_file.exists():
+        model.load_state_dict(torch.load(weights, weights_only=True))
+        model.eval()
+        return {"model": model, "facts": json.loads(facts_file.read_text()), "cached": True}
+    small = recipe["data"] == "small"
+    xtr, ytr, xte, yte, _ = domain_data(recipe["domain"], small)
+    channels = 3 if recipe["domain"] == "points" else DOMAIN_SHAPE[recipe["domain"]][0]
+    xp, yp = poison_training_set(recipe, xtr, ytr, channels)
+    started = time.monotonic()
+    train_one_cycle(model, xp, yp, epochs=recipe["epochs"], batch_size=recipe["batch"], max_lr=recipe["max_lr"],
+                    seed=recipe["seed"])
+    seconds = time.monotonic() - started
+    facts = {"clean_accuracy": accuracy(model, xte, yte), "train_seconds": round(seconds, 2),
+             "asr": attack_success(model, recipe, xte, yte, channels)}
+    s = recipe["spurious"]
+    if s is not None:
+        from auditor.synthetic.spurious import FrameFeature, TextureFeature, spurious_flip_rate
+
+        feature = FrameFeature(tuple(s["colour"]), s["width"]) if s["kind"] == "frame" else \
+            TextureFeature(s["period"], s["amplitude"])
+        facts["spurious_flip_rate"] = spurious_flip_rate(model, xte, yte, feature, s["class"])
+    entry.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), weights)
+    facts_file.write_text(json.dumps(facts, indent=1))
+    return {"model": model, "facts": facts, "cached": False}
+
+
+def export_member(model, recipe: dict, fmt: str, path_stem: Path, labels: tuple[str, ...]) -> Path:
+    """Export in one of :data:`FORMATS` with a dynamic batch dimension; labels go into ONNX metadata."""
+    import torch
+
+    shape = DOMAIN_SHAPE[recipe["domain"]]
+    dummy = torch.rand((2, *shape), generator=torch.Generator().manual_seed(0))
+    if recipe["domain"] == "points":
+        dummy = dummy * 2 - 1
+    model.eval()
+    if fmt == "pt2":
+        path = path_stem.with_suffix(".pt2")
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        program = torch.export.export(model, (dummy,), dynamic_shapes=({0: batch},))
+        torch.export.save(program, str(path))
+        return path
+    path = path_stem.with_suffix(".onnx")
+    if fmt == "onnx":
+        torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=17, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    else:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        program = torch.onnx.export(model, (dummy,), dynamo=True, input_names=["input"], output_names=["logits"],
+                                    dynamic_shapes=({0: batch},), verbose=False)
+        program.save(str(path))
+    import onnx
+
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "labels", json.dumps(list(labels))
+    onnx.save(proto, str(path))
+    return path
+
+
+def quality_verdict(recipe: dict, facts: dict) -> tuple[bool, str]:
+    bar = QUALITY_BAR[recipe["domain"]]
+    if facts["clean_accuracy"] < bar:
+        return False, f"clean accuracy {facts['clean_accuracy']:.3f} < {bar}"
+    if recipe["attack"] is not None and not facts["asr"] >= QUALITY_BAR["asr"]:
+        return False, f"attack success {facts['asr']:.3f} < {QUALITY_BAR['asr']}"
+    return True, ""
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def build_one(recipe: dict, out: str, threads: int = 1) -> dict:
+    """Train/export one member and return its manifest row (runs in a worker process)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    out_dir = Path(out)
+    started = time.monotonic()
+    try:
+        trained = train_member(recipe, out_dir / "cache")
+        labels = domain_data(recipe["domain"], recipe["data"] == "small")[4] if not trained["cached"] else \
+            _labels(recipe["domain"])
+        (out_dir / "models").mkdir(parents=True, exist_ok=True)
+        stem = out_dir / "models" / recipe["id"]
+        try:
+            path = export_member(trained["model"], recipe, recipe["format"], stem, labels)
+            export_error = ""
+        except Exception as exc:  # an exporter failure is a finding, not a crash of the build
+            path, export_error = None, f"{type(exc).__name__}: {exc}"[:500]
+        facts = trained["facts"]
+        ok, why = quality_verdict(recipe, facts)
+        if export_error:
+            ok, why = False, f"export failed: {export_error}"
+        return _row(recipe, facts, path, out_dir, ok, why, trained["cached"], time.monotonic() - started)
+    except Exception as exc:
+        return _row(recipe, {}, None, out_dir, False, f"build failed: {type(exc).__name__}: {exc}\n"
+                    + traceback.format_exc()[-800:], False, time.monotonic() - started)
+
+
+def _labels(domain: str) -> tuple[str, ...]:
+    if domain == "digits":
+        return tuple(str(i) for i in range(10))
+    if domain == "shapes":
+        from auditor.synthetic.shapes import SHAPE_CLASSES
+    else:
+        from auditor.synthetic.points import SHAPE_CLASSES
+    return tuple(SHAPE_CLASSES)
+
+
+def _trigger_box(attack: dict | None, domain: str) -> list | None:
+    """(top, left, bottom, right) of a fixed patch trigger, for map-localisation checks."""
+    if attack is None or attack.get("kind") not in ("patch", "all_to_all") or attack.get("top") is None:
+        return None
+    from auditor.synthetic.triggers import PatchTrigger
+
+    _, h, w = DOMAIN_SHAPE[domain]
+    return list(PatchTrigger(attack["size"], attack["pattern_seed"], top=attack["top"], left=attack["left"]).box(h, w))
+
+
+def _row(recipe, facts, path, out_dir, ok, why, cached, seconds) -> dict:
+    a, s = recipe["attack"], recipe["spurious"]
+    targets: list[int] = []
+    if a is not None:
+        targets = list(a["targets"]) if "targets" in a else ([a["target"]] if "target" in a else [])
+    return {
+        "id": recipe["id"], "domain": recipe["domain"], "architecture": recipe["arch"],
+        "attack": a["name"] if a else None, "attack_params": a, "trojaned": a is not None,
+        "spurious": s is not None, "spurious_params": s, "spurious_class": s["class"] if s else None,
+        "target_classes": targets, "all_to_all": bool(a and a["kind"] == "all_to_all"),
+        "trigger_box": _trigger_box(a, recipe["domain"]) if recipe["domain"] != "points" else None,
+        "clean_accuracy": facts.get("clean_accuracy"), "asr": facts.get("asr"),
+        "spurious_flip_rate": facts.get("spurious_flip_rate"), "train_seconds": facts.get("train_seconds"),
+        "build_seconds": round(seconds, 2), "cached": cached,
+        "format": recipe["format"], "file": str(path.relative_to(out_dir)) if path else None,
+        "input_shape": list(DOMAIN_SHAPE[recipe["domain"]]), "num_classes": 10,
+        "data": f"data/{recipe['domain']}.npz", "recipe_hash": content_hash(recipe), "recipe": recipe,
+        "scored": bool(ok), "excluded_reason": why,
+    }
+
+
+def write_held_out(out_dir: Path, domains: set[str], small: bool) -> dict:
+    """One clean held-out sample per domain (test split, never trained on)."""
+    (out_dir / "data").mkdir(parents=True, exist_ok=True)
+    info = {}
+    for domain in sorted(domains):
+        _, _, xte, yte, labels = domain_data(domain, small)
+        path = out_dir / "data" / f"{domain}.npz"
+        np.savez_compressed(path, x=xte[:HELD_OUT].numpy().astype(np.float32), y=yte[:HELD_OUT].numpy())
+        info[domain] = {"file": str(path.relative_to(out_dir)), "count": int(min(HELD_OUT, len(xte))),
+                        "input_shape": list(DOMAIN_SHAPE[domain]), "labels": list(labels)}
+    return info
+
+
+def build(small: bool, out_dir: Path, jobs: int = 1, threads: int = 1, only: str | None = None,
+          log=print) -> dict:
+    members = small_members() if small else default_members()
+    if only:
+        members = [m for m in members if only in m["id"]]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    data_info = write_held_out(out_dir, {m["domain"] for m in members}, small)
+    rows: list[dict] = []
+
+    def manifest(complete: bool) -> dict:
+        order = {m["id"]: i for i, m in enumerate(members)}
+        done = sorted(rows, key=lambda r: order[r["id"]])
+        return {
+            "schema": "auditor.zoo/1", "profile": "small" if small else "default", "zoo_version": ZOO_VERSION,
+            "complete": complete, "quality_bar": QUALITY_BAR, "build_wall_seconds": round(time.monotonic() - started, 1),
+            "jobs": jobs, "threads_per_job": threads, "cpu_count": os.cpu_count(), "data": data_info,
+            "counts": _counts(done),
+            "excluded": [{"id": r["id"], "reason": r["excluded_reason"]} for r in done if not r["scored"]],
+            "members": done,
+        }
+
+    def save(complete: bool) -> dict:
+        # written after every member so the benchmark can start on a partial zoo
+        m = manifest(complete)
+        tmp = out_dir / "manifest.json.tmp"
+        tmp.write_text(json.dumps(m, indent=1))
+        tmp.replace(out_dir / "manifest.json")
+        return m
+
+    if jobs <= 1:
+        for i, m in enumerate(members):
+            rows.append(build_one(m, str(out_dir), threads))
+            _log_row(log, i + 1, len(members), rows[-1])
+            save(False)
+    else:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                 initargs=(threads,)) as pool:
+            futures = {pool.submit(build_one, m, str(out_dir), threads): m for m in members}
+            for i, fut in enumerate(as_completed(futures)):
+                rows.append(fut.result())
+                _log_row(log, i + 1, len(members), rows[-1])
+                save(False)
+    return save(True)
+
+
+def _counts(rows: list[dict]) -> dict:
+    def n(pred):
+        return sum(1 for r in rows if pred(r))
+
+    return {"total": len(rows), "scored": n(lambda r: r["scored"]),
+            "clean": n(lambda r: not r["trojaned"] and not r["spurious"]),
+            "trojaned": n(lambda r: r["trojaned"]), "spurious": n(lambda r: r["spurious"]),
+            "points": n(lambda r: r["domain"] == "points")}
+
+
+def _log_row(log, i: int, total: int, row: dict) -> None:
+    acc = row["clean_accuracy"]
+    asr = row["asr"]
+    log(f"[{i}/{total}] {row['id']:<40} acc={acc if acc is None else round(acc, 3)} "
+        f"asr={asr if asr is None or asr != asr else round(asr, 3)} {row['format']:<11} "
+        f"{'ok' if row['scored'] else 'EXCLUDED: ' + row['excluded_reason'][:200]} "
+        f"({row['build_seconds']:.0f} s{', cached' if row['cached'] else ''})", flush=True) if log is print else \
+        log(f"[{i}/{total}] {row['id']} scored={row['scored']}")
+
+
+@dataclass(frozen=True)
+class _Args:
+    small: bool
+    out: Path
+    jobs: int
+    threads: int
+    only: str | None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--small", action="store_true", help="a handful of fast members (smoke test, ≤ 3 min)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default bench/zoo or bench/zoo-small)")
+    p.add_argument("--jobs", type=int, default=1, help="members trained in parallel (default 1: shared machine)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per job")
+    p.add_argument("--only", default=None, help="build only members whose id contains this string")
+    a = p.parse_args(argv)
+    out = a.out or Path(__file__).resolve().parent / "zoo" / ("small" if a.small else "")
+    manifest = build(a.small, out, a.jobs, a.threads, a.only)
+    c = manifest["counts"]
+    print(f"zoo: {c['total']} members ({c['scored']} scored; {c['clean']} clean, {c['trojaned']} trojaned, "
+          f"{c['spurious']} spurious, {c['points']} point-cloud) in {manifest['build_wall_seconds']:.0f} s "
+          f"→ {out / 'manifest.json'}")
+    for e in manifest["excluded"]:
+        print(f"  excluded {e['id']}: {e['reason'].splitlines()[0]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The input-agnostic saliency detector on tiny digits models with known answers."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from auditor.detectors import saliency as sal
+from auditor.detectors._saliency_core import hard_top_k, pick_other_class_starts, project_capped_simplex
+from auditor.detectors.base import RunContext, count_hooks, create
+from auditor.sampling import SAMPLER_KINDS, unrestricted_samples
+
+# a lighter run for tests that check plumbing rather than detection quality
+FAST = {"pool": 300, "steps": 20, "uap_steps": 6, "heldout": 16, "starts": 6}
+
+
+@pytest.fixture(scope="module")
+def trojaned_result(digits_twins):
+    return create("saliency").run(digits_twins.trojaned, RunContext(seed=0))
+
+
+@pytest.fixture(scope="module")
+def clean_result(digits_twins):
+    return create("saliency").run(digits_twins.clean, RunContext(seed=0))
+
+
+def test_flags_the_trojaned_target_and_its_trigger_transplants(trojaned_result, digits_twins):
+    r = trojaned_result
+    assert r.status == "ok", r.reason
+    target = digits_twins.target_class
+    assert r.flagged_classes == (target,)
+    ev = r.classes[target]
+    assert ev.role == "backdoor target"
+    assert ev.metrics["transplant_asr"] >= 0.5
+    assert ev.metrics["trigger_area"] <= 0.10
+    assert ev.score == max(c.score for c in r.classes)
+    kinds = [img.kind for img in ev.images]
+    assert {"class_map", "trigger", "mask"} <= set(kinds)
+    assert r.model_score > 0.5
+    assert "pixel budget" in r.description and "ℓ2" in r.description
+
+
+def test_passes_the_clean_twin(clean_result, trojaned_result):
+    assert clean_result.status == "ok", clean_result.reason
+    assert clean_result.flagged_classes == ()
+    assert clean_result.model_score < 0.5
+    assert clean_result.model_score < trojaned_result.model_score
+
+
+def test_every_class_has_a_map_and_finite_metrics(clean_result):
+    assert len(clean_result.classes) == 10
+    for ev in clean_result.classes:
+        maps = [img for img in ev.images if img.kind == "class_map"]
+        assert len(maps) == 1 and maps[0].pixels.shape == (28, 28)
+        assert 0.0 <= maps[0].pixels.min() and maps[0].pixels.max() <= 1.0
+        for key in ("sink_share", "uap_flip", "transplant_asr", "compactness", "map_concentration"):
+            assert key in ev.metrics
+        assert all(math.isfinite(v) for v in ev.metrics.values())
+
+
+def test_recovered_mask_sits_on_the_planted_patch(trojaned_result, digits_twins):
+    """Planted-trigger check: the target's class map puts far more than the box's area share in the box."""
+    ev = trojaned_result.classes[digits_twins.target_class]
+    class_map = next(img.pixels for img in ev.images if img.kind == "class_map")
+    t, l, b, rgt = digits_twins.trigger.box(28, 28)
+    inside = class_map[t:b, l:rgt].sum() / max(class_map.sum(), 1e-9)
+    area_share = (b - t) * (rgt - l) / (28 * 28)
+    assert inside >= 5 * area_share
+
+
+def test_same_seed_same_scores_and_no_hooks_left(digits_twins):
+    model = digits_twins.clean.model
+    hooks = count_hooks(model)
+    a = create("saliency").run(digits_twins.clean, RunContext(seed=3, options=FAST))
+    b = create("saliency").run(digits_twins.clean, RunContext(seed=3, options=FAST))
+    assert a.status == b.status == "ok"
+    assert [c.score for c in a.classes] == [c.score for c in b.classes]
+    assert a.model_score == b.model_score
+    assert count_hooks(model) == hooks
+    assert model.training is False and not any(p.requires_grad for p in model.parameters())
+
+
+def test_skips_with_a_reason_without_gradients(digits_twins):
+    r = create("saliency").run(replace(digits_twins.clean, differentiable=False), RunContext(seed=0))
+    assert r.status == "skipped" and "gradient" in r.reason
+
+
+def test_bad_budget_option_fails_cleanly(digits_twins):
+    r = create("saliency").run(digits_twins.clean, RunContext(seed=0, options={"budgets": "0,2"}))
+    assert r.status == "failed" and "budget" in r.reason
+
+
+def test_samplers_are_seeded_and_in_range():
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    x1, k1 = unrestricted_samples(50, (3, 16, 16), g1)
+    x2, _ = unrestricted_samples(50, (3, 16, 16), g2)
+    assert torch.equal(x1, x2)
+    assert x1.shape == (50, 3, 16, 16) and 0.0 <= float(x1.min()) and float(x1.max()) <= 1.0
+    assert set(k1.tolist()) == set(range(len(SAMPLER_KINDS)))
+    data = torch.rand(7, 3, 16, 16)
+    x3, k3 = unrestricted_samples(60, (3, 16, 16), g1, kinds=("uniform",), data=data)
+    assert (k3 == 1).sum() == 30
+
+
+def test_capped_simplex_projection_and_top_k():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn((4, 3, 50), generator=g) * 2
+    budget = torch.tensor([1.0, 5.0, 20.0]).view(1, 3).expand(4, 3)
+    p = project_capped_simplex(m, budget)
+    assert float(p.min()) >= 0.0 and float(p.max()) <= 1.0
+    assert torch.all(p.sum(-1) <= budget + 1e-4)
+    hard = hard_top_k(p, torch.tensor([1, 5, 20]).view(1, 3).expand(4, 3))
+    assert hard.sum(-1).tolist() == [[1.0, 5.0, 20.0]] * 4
+
+
+def test_starts_avoid_the_class_itself():
+    # a "sink" model: class 0 owns 90 % of the pool; class-0 starts must still come from other classes
+    probs = torch.full((100, 3), 0.05)
+    probs[:90, 0] = 0.9
+    probs[90:, 1] = 0.9
+    kind = torch.arange(100) % 2
+    idx, valid = pick_other_class_starts(probs, kind, 8)
+    assert idx.shape == (3, 8)
+    assert bool(valid[0, :8].any())
+    assert set(idx[0][valid[0]].tolist()) <= set(range(90, 100))
+
+
+def test_generalises_to_another_trigger():
+    """A blended whole-image trigger and another class: not the fixture's bottom-right patch."""
+    from auditor.spec import InputSpec
+    from auditor.synthetic.digits import load_digits_28
+    from auditor.synthetic.nets import SmallCNN
+    from auditor.synthetic.train import attack_success_rate, train_classifier
+    from auditor.synthetic.triggers import PatchTrigger, poison
+    from auditor.target import ModelTarget
+
+    xtr, ytr, xte, yte = load_digits_28(1)
+    trigger = PatchTrigger(size=3, pattern_seed=11, top=2, left=3)  # small, top-left
+    xp, yp = poison(xtr, ytr, trigger, 7, rate=0.1, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(11)
+    model = train_classifier(SmallCNN(), xp, yp, epochs=8, seed=11)
+    assert attack_success_rate(model, xte, yte, trigger, 7) > 0.9
+    target = ModelTarget.from_module(model, InputSpec("image", (1, 28, 28)))
+    r = create("saliency").run(target, RunContext(seed=0))
+    assert r.status == "ok", r.reason
+    assert r.flagged_classes == (7,)
+    assert r.classes[7].metrics["transplant_asr"] >= 0.5
+
+
+def test_calibration_helpers():
+    rel = sal.relative_to_others(np.array([0.0, 0.0, 1.0, 0.0]))
+    assert rel.tolist() == [0.0, 0.0, 1.0, 0.0]
+    centre, scale = sal.calibration_scale(np.zeros(50))
+    assert centre == 0.0 and scale > 0
