@@ -1,6 +1,6 @@
 """Derive the `saliency` detector's calibration constants from CLEAN reference models, and check them.
 
-    python bench/calibrate_saliency.py --zoo bench/zoo            # clean zoo members (manifest.json)
+    python bench/calibrate_saliency.py --zoo bench/zoo/reference --digits-seeds 1-8   # the shipped constants
     python bench/calibrate_saliency.py --digits-seeds 1-8         # clean digits SmallCNNs trained here
     python bench/calibrate_saliency.py --digits-seeds 1-8 --eval-dev   # + a few trojaned dev models
 
@@ -72,26 +72,6 @@ def digits_model(seed: int, trigger=None, target: int = 0, rate: float = 0.1):
     return name, model, asr
 
 
-def zoo_clean_models(zoo: Path):
-    """(id, module, spec) of the zoo's scored clean image members, loaded from the zoo's weight cache."""
-    sys.path.insert(0, str(zoo.resolve().parent.parent))
-    from bench.common import content_hash
-    from bench.zoo import DOMAIN_SHAPE, build_module
-
-    manifest = json.loads((zoo / "manifest.json").read_text())
-    for row in manifest["members"]:
-        if row["trojaned"] or row["spurious"] or row["domain"] == "points" or not row.get("scored", True):
-            continue
-        recipe = row["recipe"]
-        weights = zoo / "cache" / content_hash(recipe) / "weights.pt"
-        if not weights.exists():
-            continue
-        module = build_module(recipe)
-        module.load_state_dict(torch.load(weights, weights_only=True))
-        module.eval()
-        yield row["id"], module, InputSpec("image", tuple(DOMAIN_SHAPE[row["domain"]]))
-
-
 def run_detector(module, spec, seed: int = 0, options: dict | None = None):
     target = ModelTarget.from_module(module, spec)
     started = time.monotonic()
@@ -110,8 +90,8 @@ def constants_from(rel_by_model: dict[str, dict[str, list[float]]], exclude: str
 
 
 def score_with(constants, rel: dict[str, list[float]]) -> np.ndarray:
-    zs = [(np.array(rel[s]) - constants[s][0]) / constants[s][1] for s in sal.FUSED_STATISTICS]
-    return np.max(np.stack(zs), axis=0)
+    zs = {s: (np.array(rel[s]) - constants[s][0]) / constants[s][1] for s in sal.FUSED_STATISTICS}
+    return sal.fused_class_score(zs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         name, module, _ = digits_model(seed)
         clean.append((name, module, DIGITS_SPEC))
     if a.zoo:
-        clean.extend(zoo_clean_models(a.zoo))
+        from bench.common import zoo_clean_models
+
+        clean.extend((mid, module, spec) for mid, module, spec, _ in zoo_clean_models(a.zoo, ("image",)))
     if not clean:
         ap.error("give --zoo and/or --digits-seeds")
 

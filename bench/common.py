@@ -54,3 +54,32 @@ def train_one_cycle(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoch
             sched.step()
     model.eval()
     return model
+
+
+def zoo_clean_models(zoo: Path, modalities: tuple[str, ...] = ("image", "points")):
+    """Yield ``(id, module, InputSpec, held-out SampleData)`` for a zoo's scored clean members.
+
+    Used by the calibration scripts on ``bench/zoo/reference`` (clean models with seeds disjoint from
+    the benchmarked zoo). Modules come from the zoo's weight cache, i.e. the exact trained weights."""
+    import numpy as np
+
+    from auditor.spec import InputSpec
+    from auditor.target import SampleData
+    from bench.zoo import DOMAIN_SHAPE, build_module
+
+    manifest = json.loads((zoo / "manifest.json").read_text())
+    for row in manifest["members"]:
+        modality = "points" if row["domain"] == "points" else "image"
+        if row["trojaned"] or row["spurious"] or not row.get("scored", True) or modality not in modalities:
+            continue
+        weights = zoo / "cache" / content_hash(row["recipe"]) / "weights.pt"
+        if not weights.exists():
+            continue
+        module = build_module(row["recipe"])
+        module.load_state_dict(torch.load(weights, weights_only=True))
+        module.eval()
+        shape = tuple(DOMAIN_SHAPE[row["domain"]])
+        spec = InputSpec("points", shape, layout="BN3") if modality == "points" else InputSpec("image", shape)
+        held = np.load(zoo / "data" / f"{row['domain']}.npz")
+        data = SampleData(torch.from_numpy(held["x"]).float(), torch.from_numpy(held["y"]).long())
+        yield row["id"], module, spec, data

@@ -1,11 +1,14 @@
 """Calibrate FlowAM's outlier threshold on clean models that the tests and the bench never score.
 
-    python bench/flow_am_calibrate.py            # ≈ 5 min on one CPU core
+    python bench/flow_am_calibrate.py --zoo bench/zoo/reference   # the shipped constants
+    python bench/flow_am_calibrate.py                             # the earlier dev set only (≈ 5 min)
 
-Trains clean digits SmallCNNs (seeds 11–14) and clean 10-class PointNets (seeds 11–13, 256 points),
+``--zoo`` scans the clean reference population built by ``bench/zoo.py --reference`` (every zoo
+architecture of every domain, seeds disjoint from the benchmarked zoo) in addition to the dev set.
+The dev set: clean digits SmallCNNs (seeds 11–14) and clean 10-class PointNets (seeds 11–13, 256 points),
 runs ``flow_am`` data-free and with ``--data`` (held-out samples), and prints the largest
-leave-one-out robust z of any class per modality. Those maxima are the constants
-``CALIBRATION_MAX_CLEAN_Z`` in ``auditor/detectors/flow_am.py`` (the threshold adds 25 %). The
+leave-one-out robust z of any class per modality. Those maxima set the thresholds
+``Z_THRESHOLD`` in ``auditor/detectors/flow_am.py`` (see the rule written there). The
 seeds are disjoint from the test fixtures (digits seeds 0/100, point seeds 0/1) and from the zoo.
 
 The statistic itself (max of the z's of the log flow-divergence ratio and of the logit gap) was chosen
@@ -15,6 +18,7 @@ PointNet (256 points, 24-point cluster → class 2) — never on the test fixtur
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -34,9 +38,18 @@ from auditor.synthetic.train import accuracy, train_classifier  # noqa: E402
 from auditor.target import ModelTarget, SampleData  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--zoo", type=Path, help="reference zoo folder (bench/zoo.py --reference)")
+    a = ap.parse_args(argv)
     torch.set_num_threads(1)
     rows = []
+    if a.zoo:
+        from bench.common import zoo_clean_models
+
+        for mid, module, spec, data in zoo_clean_models(a.zoo):
+            rows += _scan(ModelTarget.from_module(module, spec), data, spec.modality, mid,
+                          accuracy(module, data.x, data.y))
     xtr, ytr, xte, yte = load_digits_28(0)
     for seed in (11, 12, 13, 14):
         torch.manual_seed(seed)

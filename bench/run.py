@@ -185,6 +185,34 @@ def run_member(member: dict, zoo: Path, names: list[str], runs_dir: Path, need_d
     return row
 
 
+def merge_earlier_run(rows: dict, earlier_dir: Path, name: str) -> None:
+    """Add detector ``name``'s cached results from an earlier run to each row and re-fuse.
+
+    Detectors draw randomness from their own seeded generators, so a detector's result does not
+    depend on which other detectors ran in the same scan; the fused scores follow ``auditor.verdict``:
+    model score = the largest detector model score, flagged classes = the union."""
+    for member_id, row in rows.items():
+        found = None
+        for path in sorted((earlier_dir / member_id / "all").glob("result-*.json")):
+            earlier = json.loads(path.read_text())
+            if name in earlier["scores"]:
+                found = earlier
+        run = row["runs"]["all"]
+        if found is None:
+            raise SystemExit(f"--reuse: no cached {name} result for {member_id} under {earlier_dir}")
+        run["scores"][name] = found["scores"][name]
+        run["wall_s"] += float(found["scores"][name].get("seconds") or 0.0)
+        run["reused"] = sorted(set(run.get("reused", [])) | {name})
+        ok = [sc for n, sc in run["scores"].items() if n != FUSED and sc.get("status") == "ok"]
+        fused = run["scores"][FUSED]
+        if ok:
+            fused["model_score"] = max(float(sc["model_score"]) for sc in ok)
+            fused["flagged"] = sorted({c for sc in ok for c in sc["flagged"]})
+            fused["verdict"] = "suspicious" if fused["flagged"] else "clean"
+            fused["status"] = "ok"
+        fused["seconds"] = sum(float(sc.get("seconds") or 0.0) for n, sc in run["scores"].items() if n != FUSED)
+
+
 def _file_sha(path: Path) -> str:
     import hashlib
 
@@ -436,7 +464,8 @@ def render(section: str, manifest: dict, members: list[dict], rows: dict, names:
         f"({', '.join(f'{k} {v}' for k, v in sorted(groups.items()))}); "
         f"{len(manifest.get('excluded', []))} excluded below the quality bar (see the zoo section).",
         f"- Path: {'in-process fallback (NOT the CLI)' if inprocess else '`python -m auditor scan` subprocess per model, --seed 0, --threads 1'}"
-        f"; `--data` = the domain's held-out clean sample. Sum of scan wall times {wall / 60:.1f} min.",
+        + ("; `--data` = the domain's held-out clean sample" if _needs_data(names) else "; no `--data` (data-free)")
+        + f". Sum of scan wall times {wall / 60:.1f} min.",
         f"- Extra scan arguments: `{' '.join(extra) if extra else 'none (detector defaults)'}`.",
         "- Per attack: that attack's trojaned models against all clean models of the same modality (image or "
         "points). `fused` = the CLI's fused verdict over the detectors of this run.",
@@ -533,6 +562,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scaling", action="store_true", help="also measure seconds vs classes and input size")
     p.add_argument("--cached-only", action="store_true", help="report only members already scanned (no new scans)")
     p.add_argument("--cli-arg", action="append", default=[], help="extra argument passed to every scan")
+    p.add_argument("--reuse", action="append", default=[], metavar="SECTION:DETECTOR",
+                   help="take DETECTOR's per-model results from an earlier run SECTION instead of re-scanning "
+                        "(same seed, same CLI); the fused verdict is recomputed with the CLI's rule")
     p.add_argument("--results", type=Path, default=BENCH_DIR / "RESULTS.md")
     p.add_argument("--runs-dir", type=Path, default=BENCH_DIR / "_runs", help="per-scan reports and cache")
     p.add_argument("--no-write", action="store_true", help="print the section instead of writing RESULTS.md")
@@ -570,16 +602,28 @@ def main(argv: list[str] | None = None) -> int:
         with ThreadPoolExecutor(a.jobs) as pool:
             for row in pool.map(one, members):
                 rows[row["id"]] = row
+    scanned = list(names)
+    reused = [tuple(r.split(":", 1)) for r in a.reuse]
+    for earlier, name in reused:
+        merge_earlier_run(rows, a.runs_dir / f"{manifest['profile']}-{earlier}", name)
+        names.append(name)
     scorers = names + [FUSED]
     metrics = compute_metrics(members, rows, scorers)
     cost = cost_metrics(rows, scorers)
-    scale = scaling(names, runs_dir, a.timeout, a.cli_arg) if a.scaling else None
+    scale = scaling(scanned, runs_dir, a.timeout, a.cli_arg) if a.scaling else None
     wall = sum(run["wall_s"] for r in rows.values() for run in r["runs"].values())
     roc_file = a.results.parent / ("roc.png" if section == "main" else f"roc-{section}.png")
     roc_plot(members, rows, scorers, roc_file)
     (runs_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, "cost": cost, "scaling": scale}, indent=1))
     body = render(section, manifest, members, rows, names, metrics, cost, scale, roc_file, a.inprocess, wall,
                   a.cli_arg)
+    if reused:
+        names_run = [n for n in names if n not in {name for _, name in reused}]
+        body = body.replace(f"--detectors {','.join(names)}", f"--detectors {','.join(names_run)}" + "".join(
+            f" --reuse {e}:{n}" for e, n in reused), 1)
+        body = body.replace("- Reproduce: ", "- Reused from earlier runs (not re-scanned here; fused verdict recomputed "
+                            "with the CLI's rule): " + ", ".join(f"{n} from run `{e}`" for e, n in reused)
+                            + ".\n- Reproduce: ", 1)
     if a.no_write:
         print(body)
     else:

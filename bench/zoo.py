@@ -1,6 +1,6 @@
 """Build the benchmark zoo: clean, trojaned, spuriously-correlated and point-cloud classifiers.
 
-    python bench/zoo.py [--small] [--out bench/zoo] [--jobs 1] [--threads 1]
+    python bench/zoo.py [--small | --reference] [--out bench/zoo] [--jobs 1] [--threads 1]
 
 Every member is described by a *recipe* (domain, architecture, attack and its parameters, seeds,
 training schedule). Attack parameters are drawn once from the member's seed when the member list is
@@ -9,6 +9,9 @@ built, so the recipe is explicit and reproducible; the recipe's content hash nam
 formats, spread across the zoo: ONNX via the legacy exporter (opset 17), ONNX via the dynamo exporter,
 and a ``torch.export`` program (``.pt2``). ``OUT/manifest.json`` records the truth and the quality of
 every member; members below the quality bar are listed there with ``scored: false`` and the reason.
+``--reference`` builds a separate population of *clean* models (seeds 8000+, disjoint from every zoo
+member) on which the detectors' thresholds are calibrated, so no threshold is fitted on a model the
+benchmark then scores.
 A held-out clean sample per domain (``OUT/data/DOMAIN.npz`` with ``x`` float (N,C,H,W) in [0,1] —
 (N,P,3) for points — and ``y``) serves detectors that use ``--data``.
 """
@@ -22,7 +25,6 @@ import sys
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +156,27 @@ def default_members() -> list[dict]:
                       "centre": [0.65, 0.65, 0.65], "rate": 0.1, "target": int(np.random.default_rng(seed).integers(10))}
         label = "point_cluster" if attack else "clean"
         members.append({"id": f"points-{label}-pointnet-{seed}", **_recipe("points", "pointnet", seed, attack)})
+    for i, m in enumerate(members):
+        m["format"] = FORMATS[i % len(FORMATS)]
+    return members
+
+
+def reference_members() -> list[dict]:
+    """Clean calibration models: every architecture of every domain, seeds disjoint from the zoo's.
+
+    Detectors derive their clean-model calibration from these (``bench/calibrate_saliency.py --zoo
+    bench/zoo/reference``, ``bench/flow_am_calibrate.py --zoo bench/zoo/reference``), never from the
+    members the benchmark scores."""
+    members = []
+    per_arch = {"digits": 1, "shapes": 2}
+    for domain in ("digits", "shapes"):
+        for arch in DOMAIN_ARCHS[domain]:
+            for _ in range(per_arch[domain]):
+                seed = 8000 + len(members)
+                members.append({"id": f"{domain}-clean-{arch}-{seed}", **_recipe(domain, arch, seed)})
+    for _ in range(2):
+        seed = 8000 + len(members)
+        members.append({"id": f"points-clean-pointnet-{seed}", **_recipe("points", "pointnet", seed)})
     for i, m in enumerate(members):
         m["format"] = FORMATS[i % len(FORMATS)]
     return members
@@ -482,8 +505,9 @@ def write_held_out(out_dir: Path, domains: set[str], small: bool) -> dict:
 
 
 def build(small: bool, out_dir: Path, jobs: int = 1, threads: int = 1, only: str | None = None,
-          log=print) -> dict:
-    members = small_members() if small else default_members()
+          log=print, reference: bool = False) -> dict:
+    profile = "small" if small else "reference" if reference else "default"
+    members = {"small": small_members, "reference": reference_members, "default": default_members}[profile]()
     if only:
         members = [m for m in members if only in m["id"]]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -495,7 +519,7 @@ def build(small: bool, out_dir: Path, jobs: int = 1, threads: int = 1, only: str
         order = {m["id"]: i for i, m in enumerate(members)}
         done = sorted(rows, key=lambda r: order[r["id"]])
         return {
-            "schema": "auditor.zoo/1", "profile": "small" if small else "default", "zoo_version": ZOO_VERSION,
+            "schema": "auditor.zoo/1", "profile": profile, "zoo_version": ZOO_VERSION,
             "complete": complete, "quality_bar": QUALITY_BAR, "build_wall_seconds": round(time.monotonic() - started, 1),
             "jobs": jobs, "threads_per_job": threads, "cpu_count": os.cpu_count(), "data": data_info,
             "counts": _counts(done),
@@ -549,25 +573,19 @@ def _log_row(log, i: int, total: int, row: dict) -> None:
         log(f"[{i}/{total}] {row['id']} scored={row['scored']}")
 
 
-@dataclass(frozen=True)
-class _Args:
-    small: bool
-    out: Path
-    jobs: int
-    threads: int
-    only: str | None
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--small", action="store_true", help="a handful of fast members (smoke test, ≤ 3 min)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default bench/zoo or bench/zoo-small)")
+    p.add_argument("--reference", action="store_true",
+                   help="clean calibration models (seeds disjoint from the zoo) instead of the zoo")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default bench/zoo, bench/zoo/small or bench/zoo/reference)")
     p.add_argument("--jobs", type=int, default=1, help="members trained in parallel (default 1: shared machine)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per job")
     p.add_argument("--only", default=None, help="build only members whose id contains this string")
     a = p.parse_args(argv)
-    out = a.out or Path(__file__).resolve().parent / "zoo" / ("small" if a.small else "")
-    manifest = build(a.small, out, a.jobs, a.threads, a.only)
+    out = a.out or Path(__file__).resolve().parent / "zoo" / ("small" if a.small else "reference" if a.reference else "")
+    manifest = build(a.small, out, a.jobs, a.threads, a.only, reference=a.reference)
     c = manifest["counts"]
     print(f"zoo: {c['total']} members ({c['scored']} scored; {c['clean']} clean, {c['trojaned']} trojaned, "
           f"{c['spurious']} spurious, {c['points']} point-cloud) in {manifest['build_wall_seconds']:.0f} s "

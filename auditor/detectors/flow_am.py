@@ -56,12 +56,15 @@ from auditor.stats import leave_one_out_z, squash
 from auditor.target import ModelTarget
 
 # Outlier threshold on each class's z (the larger of its two leave-one-out robust z's, see _run).
-# Calibrated on clean models that are never tested against it: ``bench/flow_am_calibrate.py`` (clean
-# digits SmallCNNs of seeds 11–14 and clean 10-class PointNets of seeds 11–13, default options, both
-# data-free and with --data; output kept in bench/flow_am_calibration.json). The largest z of any class
-# of those models is kept below per modality; the threshold adds a 25 % margin.
-CALIBRATION_MAX_CLEAN_Z = {"image": 5.07, "points": 6.72}
-Z_THRESHOLD = {m: 1.25 * z for m, z in CALIBRATION_MAX_CLEAN_Z.items()}
+# Calibrated on clean models that are never tested against it: ``bench/flow_am_calibrate.py --zoo
+# bench/zoo/reference`` (the clean reference population of ``bench/zoo.py --reference`` — digits CNN/VGG/
+# ResNet/MobileNet/ViT, shapes VGG/ResNet/MobileNet ×2, two PointNets; seeds disjoint from the benchmarked
+# zoo — plus digits SmallCNNs of seeds 11–14 and PointNets of seeds 11–13; default options, data-free and
+# with --data; output in bench/flow_am_calibration.json). Largest clean z per model, sorted:
+#   images (15 models): 19.7 (one shapes ResNet), 6.1, 5.1, 5.1, 5.0, 3.7, … → threshold 6.5, the smallest
+#     half-integer that at most one clean reference model exceeds (≈ 7 % of them);
+#   points (5 models): 6.7, 2.1, 2.0, 1.9, 1.7 → 1.25 × the largest (too few models to allow an exceedance).
+Z_THRESHOLD = {"image": 6.5, "points": 1.25 * 6.72}
 _THRESHOLD = max(Z_THRESHOLD.values())  # for a modality without calibration
 
 
@@ -100,6 +103,10 @@ class FlowAMOptions:
     needs_gradients=True,
     needs_data=False,
     modalities=("image", "points"),
+    # opt-in (--detectors flow_am): on the zoo it flagged 3 of 20 clean models (two shapes ResNets, one
+    # digits CNN) at the reference-calibrated threshold (bench/RESULTS.md, run `calibrated`), so it does
+    # not vote in the default verdict; its class-maximising images are still worth a look
+    default=False,
 )
 class FlowAMDetector(Detector):
     """See the module docstring; options in :class:`FlowAMOptions`."""

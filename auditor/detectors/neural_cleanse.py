@@ -47,6 +47,9 @@ def anomaly_indices(norms: np.ndarray) -> np.ndarray:
     needs_gradients=True,
     needs_data=True,
     modalities=("image",),
+    # opt-in baseline (--detectors neural_cleanse): on the zoo it flagged 28 % of clean models at the
+    # paper's anomaly index 2 and reached AUROC 0.53 (bench/RESULTS.md), so it does not vote by default
+    default=False,
 )
 class NeuralCleanseDetector(Detector):
     """Options (defaults): ``steps`` (150 Adam steps in all), ``batch_size`` (8 clean images per class

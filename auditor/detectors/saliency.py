@@ -26,8 +26,8 @@ All classes are processed in one batch. For every class t:
 
 Statistics are made relative within the model (value minus the median over the other classes) and
 turned into z-scores with constants measured on *clean* models that are not under test
-(:data:`CALIBRATION`, produced by ``bench/calibrate_saliency.py``). The class score is the largest
-calibrated z over the fused statistics.
+(:data:`CALIBRATION`, produced by ``bench/calibrate_saliency.py``). The class score is the mean of
+the two largest calibrated z's over the fused statistics (a backdoor raises several at once).
 """
 
 from __future__ import annotations
@@ -51,19 +51,21 @@ from auditor.target import ModelTarget
 # median and scale = max(1.4826·MAD, (q90 − q50)/1.2816, floor) — the second term keeps the scale honest
 # for statistics that are zero for most classes. z_t = (r_t − centre) / scale.
 #
-# Obtained from: 8 clean digits SmallCNNs (seeds 1–8, not the test fixture's seeds or any model scored
-# with these constants) via `python bench/calibrate_saliency.py --digits-seeds 1-8`, default options,
-# seed 0. Re-derive from the zoo's clean members with `--zoo bench/zoo` once it is built.
+# Obtained from 19 clean reference models — 8 digits SmallCNNs (seeds 1–8) and the clean reference
+# population of `bench/zoo.py --reference` (digits CNN/VGG/ResNet/MobileNet/ViT, shapes VGG/ResNet/
+# MobileNet ×2; seeds 8000+, disjoint from every benchmarked zoo member and test fixture) — via
+# `python bench/calibrate_saliency.py --zoo bench/zoo/reference --digits-seeds 1-8`, default options, seed 0.
 CALIBRATION: dict[str, tuple[float, float]] = {
-    "sink_share": (0.0000, 0.2779),
-    "transplant_asr": (0.0000, 0.1398),
-    "uap_flip": (0.0000, 0.4145),
-    "map_concentration": (0.0000, 0.0200),
+    "sink_share": (0.0000, 0.2233),
+    "transplant_asr": (0.0000, 0.1634),
+    "uap_flip": (0.0000, 0.3438),
+    "map_concentration": (0.0000, 0.0323),
 }
-#: The default decision threshold on the class score (largest calibrated z). With the constants above the
-#: clean calibration models' largest class score was 3.2 (leave-one-model-out; median 2.3), so 4.0 leaves
-#: a margin; trojaned dev models (bench/calibrate_saliency.py --eval-dev) scored 4.2–10.5.
-DEFAULT_THRESHOLD = 4.0
+#: The default decision threshold on the class score (:func:`fused_class_score`): the smallest
+#: half-integer above every clean reference model's largest class score (leave-one-model-out scores:
+#: median 2.2, max 3.4 on a digits SmallCNN, next 3.0 on a shapes VGG). Trojaned dev digits models
+#: (`--eval-dev`, never scored by the bench) scored 4.9–5.9, except an 8×8 patch at 2.6.
+DEFAULT_THRESHOLD = 3.5
 #: A class whose score exceeds ``EXTREME_FACTOR × threshold`` is called a backdoor target even when the
 #: transplant check does not reach 50 % (e.g. whole-image triggers that no small region reproduces).
 EXTREME_FACTOR = 2.0
@@ -106,7 +108,7 @@ class SaliencyDetector(Detector):
     ``budgets`` 0.01,0.03,0.08 mask area ladder; ``starts`` 8 and ``steps`` 50 and ``lr`` 0.1 for the
     mask ladder; ``heldout`` 32 transplant inputs per class; ``uap_radius`` 0.05 (RMS per pixel),
     ``uap_steps`` 20, ``uap_batch`` 16, ``uap_step_size`` 0.2 for the ℓ2 universal map;
-    ``percentile`` 99 display scaling; ``threshold`` 4.0 on the calibrated class score
+    ``percentile`` 99 display scaling; ``threshold`` 3.5 on the fused class score
     (``--threshold`` overrides).
     """
 
@@ -184,7 +186,7 @@ class SaliencyDetector(Detector):
         }
         rel = {name: relative_to_others(v) for name, v in raw.items()}
         zs = {name: calibrated_z(name, rel[name]) for name in FUSED_STATISTICS}
-        score = np.max(np.stack([zs[s] for s in FUSED_STATISTICS]), axis=0)
+        score = fused_class_score(zs)
         return self._findings(target, context, opt, budgets, threshold, raw, rel, zs, score, asr, compact,
                               ladder, binary, uap, kind_sink, held_valid, universal_map)
 
@@ -241,7 +243,7 @@ class SaliencyDetector(Detector):
             classes.append(ClassEvidence(
                 index=t, score=float(score[t]), z=float(score[t]), flagged=flagged, role=role,
                 metrics=metrics, images=tuple(images),
-                description=(f"largest calibrated z: {_top_statistic(zs, t)}; best transplant "
+                description=(f"{_top_statistic(zs, t)}; best transplant "
                              f"{asr_np[t].max():.0%} with a {budgets[int(asr_np[t].argmax())]:.0%} region"),
             ))
         order = sorted(range(k), key=lambda t: (not classes[t].flagged, -score[t]))
@@ -256,7 +258,7 @@ class SaliencyDetector(Detector):
             f"with a pixel budget of {budget_text} of the image ({int(opt['steps'])} Adam steps, binarised). "
             f"Scored the share of probe inputs falling into t, the universal flip rate, and the transplant success "
             f"of the recovered region on held-out inputs, each as a z against clean reference models "
-            f"(flag score > {threshold:g})."
+            f"(flagged when the mean of a class's two largest z's > {threshold:g})."
         )
         return Findings(
             model_score=squash(top, threshold, width=max(threshold / 4.0, 0.5)),
@@ -330,9 +332,20 @@ def top_share(m: torch.Tensor, fraction: float) -> float:
     return float(flat.topk(n).values.sum()) / total
 
 
+def fused_class_score(zs: dict[str, np.ndarray]) -> np.ndarray:
+    """Per class, the mean of the two largest calibrated z's over :data:`FUSED_STATISTICS`.
+
+    A backdoor target raises several statistics at once, a clean class at most one now and then: on the
+    clean reference models and the trojaned dev models (bench/calibrate_saliency.py) the mean of the top
+    two separated them with a wider gap than the single largest z (clean ≤ 3.4 vs trojaned ≥ 4.9, against
+    ≤ 5.2 vs ≥ 5.6)."""
+    stacked = np.sort(np.stack([zs[s] for s in FUSED_STATISTICS], axis=1), axis=1)
+    return stacked[:, -2:].mean(axis=1)
+
+
 def _top_statistic(zs: dict[str, np.ndarray], t: int) -> str:
-    name = max(zs, key=lambda s: zs[s][t])
-    return f"{name} z = {zs[name][t]:.1f}"
+    top = sorted(zs, key=lambda s: zs[s][t], reverse=True)[:2]
+    return "mean of the top two z's: " + ", ".join(f"{name} z = {zs[name][t]:.1f}" for name in top)
 
 
 def _picture(x: torch.Tensor) -> np.ndarray:
