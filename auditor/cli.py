@@ -148,14 +148,15 @@ def scan(model: str, **kw) -> None:
 def demo(**kw) -> None:
     """Scan the bundled demo model: a digits classifier with a planted BadNets trigger (exit 1 expected)."""
     out = kw.pop("out") or "audit-demo"
-    # a showcase: the opt-in detectors that fit the demo in well under a minute run too, so the report
-    # shows every kind of evidence (recovered triggers, class maps, class-maximising inputs)
+    # a showcase: the opt-in neural_cleanse runs too (held-out digits as its clean data), so the report
+    # shows recovered triggers and masks besides the class maps; flow_am is left out because it flags class
+    # 7 on the demo's clean twin as well (z 7.2 > 5.5, one of its documented false positives)
     kw["detectors"] = kw["detectors"] or ",".join(DEMO_DETECTORS)
     with resources.as_file(resources.files("auditor") / "assets" / "demo_trojaned.onnx") as path:
         sys.exit(_run_scan(str(path), Path(out), builtin_data=None if kw["data"] else _demo_samples, **kw))
 
 
-DEMO_DETECTORS = ("max_margin", "saliency", "flow_am", "neural_cleanse")
+DEMO_DETECTORS = ("max_margin", "saliency", "neural_cleanse")
 
 
 def _demo_samples():

@@ -36,19 +36,20 @@ def box_share(pixels: np.ndarray, box: list[int]) -> tuple[float, float]:
     return share, share / area
 
 
-def class_map(zoo: Path, member: dict, cls: int, cache: dict) -> np.ndarray:
+def class_map(zoo: Path, member: dict, cls: int, cache: dict, kind: str = "class_map") -> np.ndarray:
     if member["id"] not in cache:
         target = load_model(str(zoo / member["file"]))
         result = create("saliency").run(target, RunContext(seed=0))
         cache[member["id"]] = {c.index: c for c in result.classes}
     evidence = cache[member["id"]][cls]
-    return next(img.pixels for img in evidence.images if img.kind == "class_map")
+    return next(img.pixels for img in evidence.images if img.kind == kind)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--zoo", type=Path, default=Path(__file__).resolve().parent / "zoo")
     ap.add_argument("--clean-per-model", type=int, default=2)
+    ap.add_argument("--kind", default="class_map", help="evidence image read: class_map (default) or compact_map")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     members = [m for m in json.loads((a.zoo / "manifest.json").read_text())["members"] if m["scored"]]
@@ -59,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         if not m["trojaned"] or not m.get("trigger_box") or len(m["target_classes"]) != 1:
             continue
         t, box = m["target_classes"][0], m["trigger_box"]
-        share, enrich = box_share(class_map(a.zoo, m, t, cache), box)
+        share, enrich = box_share(class_map(a.zoo, m, t, cache, a.kind), box)
         clean = [c for c in members if c["domain"] == m["domain"] and not c["trojaned"] and not c["spurious"]]
-        null = [box_share(class_map(a.zoo, c, t, cache), box)[1] for c in clean[: a.clean_per_model]]
+        null = [box_share(class_map(a.zoo, c, t, cache, a.kind), box)[1] for c in clean[: a.clean_per_model]]
         rows.append((m["id"], box, t, share, enrich, float(np.median(null))))
         print(f"| {m['id']} | {box} | {t} | {share:.3f} | {enrich:.1f}× | {np.median(null):.1f}× |", flush=True)
     print(f"\nmedian enrichment: trojaned {np.median([r[4] for r in rows]):.1f}×, "

@@ -1,6 +1,6 @@
 """Build the benchmark zoo: clean, trojaned, spuriously-correlated and point-cloud classifiers.
 
-    python bench/zoo.py [--small | --reference] [--out bench/zoo] [--jobs 1] [--threads 1]
+    python bench/zoo.py [--small | --reference | --dev] [--out bench/zoo] [--jobs 1] [--threads 1]
 
 Every member is described by a *recipe* (domain, architecture, attack and its parameters, seeds,
 training schedule). Attack parameters are drawn once from the member's seed when the member list is
@@ -12,6 +12,8 @@ every member; members below the quality bar are listed there with ``scored: fals
 ``--reference`` builds a separate population of *clean* models (seeds 8000+, disjoint from every zoo
 member) on which the detectors' thresholds are calibrated, so no threshold is fitted on a model the
 benchmark then scores.
+``--dev`` builds trojaned development models (seeds 6000+, another architecture rotation) on which
+detector statistics are chosen, so that the benchmarked zoo stays a blind test for those choices.
 A held-out clean sample per domain (``OUT/data/DOMAIN.npz`` with ``x`` float (N,C,H,W) in [0,1] —
 (N,P,3) for points — and ``y``) serves detectors that use ``--data``.
 """
@@ -177,6 +179,27 @@ def reference_members() -> list[dict]:
     for _ in range(2):
         seed = 8000 + len(members)
         members.append({"id": f"points-clean-pointnet-{seed}", **_recipe("points", "pointnet", seed)})
+    for i, m in enumerate(members):
+        m["format"] = FORMATS[i % len(FORMATS)]
+    return members
+
+
+def dev_members() -> list[dict]:
+    """Trojaned *development* models: every image attack that trains to the quality bar in the default
+    zoo, on both image domains, with seeds (6000+), trigger parameters and architecture rotation disjoint
+    from the zoo's. Detector statistics are chosen on these (against the clean reference population),
+    never on the members the benchmark scores."""
+    members = []
+    attacks = ("patch", "patch_random", "blended", "sig", "wanet", "two_target", "low_poison", "large_patch")
+    for d_index, domain in enumerate(("digits", "shapes")):
+        c, side = DOMAIN_SHAPE[domain][0], DOMAIN_SHAPE[domain][1]
+        archs = DOMAIN_ARCHS[domain]
+        for i, attack in enumerate(attacks):
+            seed = 6000 + 100 * d_index + i
+            arch = archs[(i + 2) % len(archs)]  # another rotation than the zoo's
+            params = _attack_params(attack, np.random.default_rng(seed), c, side)
+            params["name"] = attack
+            members.append({"id": f"{domain}-{attack}-{arch}-{seed}", **_recipe(domain, arch, seed, params)})
     for i, m in enumerate(members):
         m["format"] = FORMATS[i % len(FORMATS)]
     return members
@@ -505,9 +528,10 @@ def write_held_out(out_dir: Path, domains: set[str], small: bool) -> dict:
 
 
 def build(small: bool, out_dir: Path, jobs: int = 1, threads: int = 1, only: str | None = None,
-          log=print, reference: bool = False) -> dict:
-    profile = "small" if small else "reference" if reference else "default"
-    members = {"small": small_members, "reference": reference_members, "default": default_members}[profile]()
+          log=print, reference: bool = False, dev: bool = False) -> dict:
+    profile = "small" if small else "reference" if reference else "dev" if dev else "default"
+    members = {"small": small_members, "reference": reference_members, "dev": dev_members,
+               "default": default_members}[profile]()
     if only:
         members = [m for m in members if only in m["id"]]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -578,14 +602,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--small", action="store_true", help="a handful of fast members (smoke test, ≤ 3 min)")
     p.add_argument("--reference", action="store_true",
                    help="clean calibration models (seeds disjoint from the zoo) instead of the zoo")
+    p.add_argument("--dev", action="store_true",
+                   help="trojaned development models (seeds disjoint from the zoo) for choosing statistics")
     p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default bench/zoo, bench/zoo/small or bench/zoo/reference)")
+                   help="output folder (default bench/zoo, bench/zoo/small, bench/zoo/reference or bench/zoo/dev)")
     p.add_argument("--jobs", type=int, default=1, help="members trained in parallel (default 1: shared machine)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per job")
     p.add_argument("--only", default=None, help="build only members whose id contains this string")
     a = p.parse_args(argv)
-    out = a.out or Path(__file__).resolve().parent / "zoo" / ("small" if a.small else "reference" if a.reference else "")
-    manifest = build(a.small, out, a.jobs, a.threads, a.only, reference=a.reference)
+    profile = "small" if a.small else "reference" if a.reference else "dev" if a.dev else ""
+    out = a.out or Path(__file__).resolve().parent / "zoo" / profile
+    manifest = build(a.small, out, a.jobs, a.threads, a.only, reference=a.reference, dev=a.dev)
     c = manifest["counts"]
     print(f"zoo: {c['total']} members ({c['scored']} scored; {c['clean']} clean, {c['trojaned']} trojaned, "
           f"{c['spurious']} spurious, {c['points']} point-cloud) in {manifest['build_wall_seconds']:.0f} s "

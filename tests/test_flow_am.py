@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from auditor.detectors import create
+from auditor.detectors._flow_core import Priors, estimate_flows, maximise
 from auditor.detectors.base import RunContext, count_hooks
 from auditor.detectors.flow_am import Z_THRESHOLD
 from auditor.hooks import LayerRef, capture_activations, choose_layers
@@ -78,10 +79,31 @@ def test_am_reaches_its_class_and_describes_its_objective(digits_twins):
     assert "maximise logit of '<class>'" in r.description and "flow alignment at" in r.description
     assert "data-free" in r.description
     c3 = r.classes[3]
-    assert c3.description.startswith("maximise logit of '3' + 3 × flow alignment at ")
+    assert c3.description.startswith("maximise logit of '3' + 1 × log-probability of '3' + 3 × flow alignment at ")
     assert [im.caption.split(" (")[0] for im in c3.images] == ["flow-guided AM", "unconstrained AM"]
     assert c3.images[0].pixels.shape == (28, 28)
     assert 0.0 <= c3.images[0].pixels.min() and c3.images[0].pixels.max() <= 1.0
+
+
+def test_the_last_steps_settle_without_jitter():
+    # an image optimised only under random shifts can miss its class at its own position, so settle
+    # steps on the un-shifted image follow the jittered ones
+    calls = []
+
+    @dataclass(frozen=True)
+    class CountingPriors(Priors):
+        def shift(self, x, generator):
+            calls.append(1)
+            return super().shift(x, generator)
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    priors = CountingPriors("image", torch.tensor(0.0), torch.tensor(1.0), jitter=1)
+    x0 = torch.full((3, 1, 4, 4), 0.5)
+    flows = estimate_flows(model, [LayerRef("1", "head")], x0, torch.arange(3), 3, source="")
+    result = maximise(model, flows, torch.arange(3), x0, priors, steps=7, lr=0.1, flow_weight=0.0,
+                      generator=torch.Generator().manual_seed(0), settle_steps=3)
+    assert len(calls) == 7  # 7 jittered steps, then 3 on the un-shifted image
+    assert result.rows(slice(0, 1)).x.shape == (1, 1, 4, 4)
 
 
 def test_trojaned_target_is_the_outlier_and_the_clean_twin_has_none(digits_twins):

@@ -26,7 +26,7 @@ flow-guided AM (Spearman rank correlation with the trained model's images, Chamf
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -60,11 +60,12 @@ from auditor.target import ModelTarget
 # bench/zoo/reference`` (the clean reference population of ``bench/zoo.py --reference`` — digits CNN/VGG/
 # ResNet/MobileNet/ViT, shapes VGG/ResNet/MobileNet ×2, two PointNets; seeds disjoint from the benchmarked
 # zoo — plus digits SmallCNNs of seeds 11–14 and PointNets of seeds 11–13; default options, data-free and
-# with --data; output in bench/flow_am_calibration.json). Largest clean z per model, sorted:
-#   images (15 models): 19.7 (one shapes ResNet), 6.1, 5.1, 5.1, 5.0, 3.7, … → threshold 6.5, the smallest
-#     half-integer that at most one clean reference model exceeds (≈ 7 % of them);
-#   points (5 models): 6.7, 2.1, 2.0, 1.9, 1.7 → 1.25 × the largest (too few models to allow an exceedance).
-Z_THRESHOLD = {"image": 6.5, "points": 1.25 * 6.72}
+# with --data; output in bench/flow_am_calibration.json). Largest clean z per model, sorted (re-measured
+# after the image AM objective gained its log-probability term and its un-jittered settle steps):
+#   images (15 models): 5.65, 5.49, 5.34, 5.18, 4.90, 4.24, … → threshold 5.5, the smallest half-integer
+#     that at most one clean reference model exceeds (≈ 7 % of them);
+#   points (5 models): 6.72, 2.1, 2.0, 1.9, 1.7 → 1.25 × the largest (too few models to allow an exceedance).
+Z_THRESHOLD = {"image": 5.5, "points": 1.25 * 6.72}
 _THRESHOLD = max(Z_THRESHOLD.values())  # for a modality without calibration
 
 
@@ -88,6 +89,11 @@ class FlowAMOptions:
     sanity: bool = True              # run the cascading-randomisation check
     sanity_stages: int = 4           # randomisation stages (blocks re-initialised top-down)
     sanity_steps: int = 100          # AM steps per randomisation stage
+    # images: weight of the log-probability term (the class must win, not only rise: without it digits
+    # MobileNets/ViTs reached their class on 10–50 % of classes). Point AM reached its class without it,
+    # and with it the clean calibration null widened (largest z 6.7 → 10.8), so points leave it out.
+    ce_weight: float = 1.0
+    settle_steps: int = 30           # images: un-jittered steps after the AM (the image must work where it is)
     z_threshold: float = 0.0         # 0 = calibrated default for the modality (see Z_THRESHOLD)
 
     @classmethod
@@ -103,9 +109,9 @@ class FlowAMOptions:
     needs_gradients=True,
     needs_data=False,
     modalities=("image", "points"),
-    # opt-in (--detectors flow_am): on the zoo it flagged 3 of 20 clean models (two shapes ResNets, one
-    # digits CNN) at the reference-calibrated threshold (bench/RESULTS.md, run `calibrated`), so it does
-    # not vote in the default verdict; its class-maximising images are still worth a look
+    # opt-in (--detectors flow_am): on the zoo it flags 3 of 20 clean models (shapes classes 4 and 8 on a
+    # ResNet and two MobileNets) at the reference-calibrated threshold (bench/RESULTS.md, run `flow_am`),
+    # so it does not vote in the default verdict; its class-maximising images are still worth a look
     default=False,
 )
 class FlowAMDetector(Detector):
@@ -114,6 +120,8 @@ class FlowAMDetector(Detector):
     def _run(self, target: ModelTarget, context: RunContext) -> Findings:
         opts = FlowAMOptions.from_context(context)
         model, spec, device = target.model, target.spec, target.device
+        if spec.modality != "image":
+            opts = replace(opts, ce_weight=0.0)
         k = target.num_classes
         modality = spec.modality
         lower, upper = _bounds(target, context)
@@ -149,7 +157,8 @@ class FlowAMDetector(Detector):
         x0 = make_init(k, context.generator("cpu", salt=2))
         weights = torch.cat([torch.full((k,), opts.flow_weight), torch.zeros(k)]).to(device)
         am = maximise(model, synth_flows, classes.repeat(2), torch.cat([x0, x0]), priors, steps=opts.steps,
-                      lr=opts.lr, flow_weight=weights, generator=context.generator("cpu", salt=3),
+                      lr=opts.lr, flow_weight=weights, ce_weight=opts.ce_weight, settle_steps=opts.settle_steps,
+                      generator=context.generator("cpu", salt=3),
                       tick=_ticker(context, "activation maximisation", 0.1, 0.4, opts.steps))
         guided, free = _split(am, k)
         off_flow, logit_gap = _shortcut(guided, free, k)
@@ -158,6 +167,7 @@ class FlowAMDetector(Detector):
             flows, flow_x, flow_y = data_flows
             shown = maximise(model, flows, classes, x0, priors, steps=opts.steps, lr=opts.lr,
                              flow_weight=opts.flow_weight, generator=context.generator("cpu", salt=3),
+                             ce_weight=opts.ce_weight, settle_steps=opts.settle_steps,
                              tick=_ticker(context, "activation maximisation (data flows)", 0.4, 0.5, opts.steps))
             free_shown = AMResult(free.x, free.logits, free.profiles, flows.distances(free.profiles, classes))
         else:
@@ -186,7 +196,7 @@ class FlowAMDetector(Detector):
             fidelity = _sanity_check(target, model, layers, flows, flow_x, flow_y, shown.x, x0, priors, opts,
                                      context, make_init)
 
-        objective = _objective_text(target, layers, opts.flow_weight, modality)
+        objective = _objective_text(target, layers, opts.flow_weight, opts.ce_weight)
         classes_out = []
         for c in range(k):
             flagged = bool(valid[c] and z[c] > threshold)
@@ -212,8 +222,9 @@ class FlowAMDetector(Detector):
             classes=tuple(classes_out),
             threshold=threshold,
             description=(
-                f"For every class, {objective.format(label='<class>')} ({opts.steps} Adam steps, "
-                f"{_prior_text(modality, opts)}), and the same without the flow term (unconstrained AM). "
+                f"For every class, {objective.format(label='<class>')} ({opts.steps} Adam steps"
+                + (f" + {opts.settle_steps} without jitter" if modality == "image" and opts.settle_steps else "")
+                + f", {_prior_text(modality, opts)}), and the same without the flow term (unconstrained AM). "
                 f"Activation flows from {flows.source}"
                 + (f"; the backdoor statistic uses the {synth_flows.source}. " if data_flows is not None else ". ")
                 + "Per class, two shortcut signals: log(distance to the class flow, unconstrained / "
@@ -302,10 +313,8 @@ def _shortcut(guided: AMResult, free: AMResult, k: int) -> tuple[np.ndarray, np.
 
 
 def _split(am: AMResult, k: int) -> tuple[AMResult, AMResult]:
-    def part(sl: slice) -> AMResult:
-        return AMResult(am.x[sl], am.logits[sl], {n: v[sl] for n, v in am.profiles.items()}, am.distances[sl])
-
-    return part(slice(0, k)), part(slice(k, 2 * k))
+    """Rows [0, k) (flow-guided) and [k, 2k) (unconstrained) of the batched AM."""
+    return am.rows(slice(0, k)), am.rows(slice(k, 2 * k))
 
 
 def _class_metrics(target: ModelTarget, model: torch.nn.Module, flows: Flows, guided: AMResult, free: AMResult,
@@ -406,6 +415,7 @@ def _sanity_check(target: ModelTarget, model: torch.nn.Module, layers: tuple[Lay
         frac0 = 0.5 + 0.5 * stage / total
         res = maximise(model, stage_flows, classes, start, priors, steps=opts.sanity_steps, lr=opts.lr,
                        flow_weight=opts.flow_weight, generator=context.generator("cpu", salt=200 + stage),
+                       ce_weight=opts.ce_weight, settle_steps=opts.settle_steps,
                        tick=_ticker(context, "randomisation check", frac0, frac0 + 0.5 / total, opts.sanity_steps))
         return res.x
 
@@ -438,9 +448,10 @@ def _sanity_check(target: ModelTarget, model: torch.nn.Module, layers: tuple[Lay
     }
 
 
-def _objective_text(target: ModelTarget, layers, flow_weight: float, modality: str) -> str:
+def _objective_text(target: ModelTarget, layers, flow_weight: float, ce_weight: float) -> str:
     where = ", ".join(ref.label for ref in layers)
-    return "maximise logit of '{label}' + " + f"{flow_weight:g} × flow alignment at {where}"
+    prob = "" if not ce_weight else (f"{ce_weight:g} × log-probability of " + "'{label}' + ")
+    return "maximise logit of '{label}' + " + prob + f"{flow_weight:g} × flow alignment at {where}"
 
 
 def _prior_text(modality: str, opts: FlowAMOptions) -> str:
