@@ -46,3 +46,8 @@ class DataError(AuditorError):
 
 class DetectorTimeout(Exception):
     """Raised inside a detector when its time budget is spent (caught by the detector base)."""
+
+
+class DetectorSkip(Exception):
+    """Raised inside a detector that finds, once running, that it cannot give a meaningful result on this
+    model (the message is the reason a person can act on); the detector base turns it into a skip."""

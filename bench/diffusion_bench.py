@@ -1,11 +1,15 @@
 """Benchmark of the diffusion bias probe (bundled priors, 2 CPU cores, 1 thread per run).
 
-    python bench/diffusion_bench.py [--planted N] [--zoo ids|all-spurious] [--out bench/diffusion_results.json]
+    python bench/diffusion_bench.py [--planted N] [--zoo ids|spurious|clean|trojaned] [--zoo-dir DIR]
+                                    [--option KEY=VALUE ...] [--out bench/diffusion_results.json]
+    python bench/diffusion_summary.py bench/diffusion_results.json
 
-Models: (a) digits SmallCNNs trained here with a planted grey frame on 95 % of one class (plus clean
-twins of other seeds for the false-flag rate); (b) the zoo's members (bench/zoo/manifest.json) whose
-input shape has a bundled prior. Per model: seconds, mean activation score, flagged classes, the
-true spurious class's flip rate, the randomisation Spearman per stage.
+Models: (a) digits SmallCNNs trained here with a planted white frame on 95 % of one class (plus clean
+twins) — development models, seeds 100+, not zoo members; (b) the zoo's members (``--zoo-dir``:
+bench/zoo, or bench/zoo/reference for the calibration run of bench/diffusion_calibrate.py) whose input
+shape has a bundled prior. Per model: seconds, mean activation score, model score, flagged classes
+and their candidate, the true spurious class's flip rate, per-class flip rates, prior fit, the
+randomisation Spearman per stage. Rows are appended; a model already in ``--out`` is not rerun.
 """
 
 from __future__ import annotations
@@ -50,11 +54,17 @@ def summarise(mid, kind, result, truth, true_flip, seconds):
     if result.status == "ok":
         row.update({
             "mean_activation": round(result.metrics["mean_activation_score"], 3),
+            "model_score": round(result.model_score, 4),
             "flagged": list(result.flagged_classes),
             "max_flip": round(result.model_score, 3),
             "truth_flip": round(result.classes[truth].metrics["flip_rate"], 3) if truth is not None else None,
             "truth_candidate": (result.classes[truth].description.split(":")[1].split("(")[0].strip()
                                 if truth is not None else None),
+            "flagged_candidates": [result.classes[c].description.split(":")[1].split("(")[0].strip()
+                                   for c in result.flagged_classes],
+            "prior_class_coverage": round(result.metrics["prior_class_coverage"], 3),
+            "class_flips": {f"{c.index}": {k.removeprefix("flip_rate_"): round(v, 3) for k, v in c.metrics.items()
+                                           if k.startswith("flip_rate_")} for c in result.classes},
             "randomisation_spearman": [round(v, 3) for v in result.fidelity["spearman"]],
             "prior_dominated": result.fidelity["prior_dominated"],
         })
@@ -66,8 +76,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--planted", type=int, default=2, help="planted-frame digits models (and as many clean)")
     ap.add_argument("--zoo", default="", help="comma-separated zoo ids, or 'spurious', or 'spurious+clean'")
+    ap.add_argument("--zoo-dir", default=str(ROOT / "bench" / "zoo"),
+                    help="bench/zoo (scored) or bench/zoo/reference (clean calibration models)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "diffusion_results.json"))
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="detector option, as `auditor scan --option diffusion.KEY=VALUE` (repeatable)")
     args = ap.parse_args()
+    options = dict(o.split("=", 1) for o in args.option)
     torch.set_num_threads(1)
     rows = []
     out = Path(args.out)
@@ -82,14 +97,15 @@ def main() -> None:
                 continue
             target, true_flip = planted(100 + i, spurious)
             t0 = time.monotonic()
-            r = det.run(target, RunContext(seed=0))
+            r = det.run(target, RunContext(seed=0, options=options))
             rows.append(summarise(mid, "spurious" if spurious is not None else "clean", r, spurious, true_flip,
                                   time.monotonic() - t0))
             out.write_text(json.dumps(rows, indent=1))
     if args.zoo:
         from auditor.loading import load_model
 
-        manifest = json.loads((ROOT / "bench" / "zoo" / "manifest.json").read_text())
+        zoo_dir = Path(args.zoo_dir)
+        manifest = json.loads((zoo_dir / "manifest.json").read_text())
         wanted = set(args.zoo.split(","))
         for m in manifest["members"]:
             kind = "spurious" if m["spurious"] else ("trojaned" if m["trojaned"] else "clean")
@@ -97,10 +113,10 @@ def main() -> None:
                 continue
             if m["id"] in done or m["domain"] == "points":
                 continue
-            target = load_model(ROOT / "bench" / "zoo" / m["file"])
+            target = load_model(zoo_dir / m["file"])
             truth = m["spurious_class"] if m["spurious"] else (m["target_classes"][0] if m["trojaned"] else None)
             t0 = time.monotonic()
-            r = det.run(target, RunContext(seed=0))
+            r = det.run(target, RunContext(seed=0, options=options))
             rows.append(summarise(m["id"], kind + ("/" + m["attack"] if m["trojaned"] else ""), r, truth,
                                   m.get("spurious_flip_rate"), time.monotonic() - t0))
             out.write_text(json.dumps(rows, indent=1))

@@ -113,7 +113,7 @@ def test_bundled_prior_singles_out_planted_frame_class():
     evidence = result.classes[spurious_class]
     assert evidence.metrics["flip_rate_frame"] >= evidence.metrics["flip_rate_background_texture"]
     assert "frame" in evidence.description
-    assert evidence.flagged == (evidence.metrics["flip_rate"] >= 0.5)
+    assert evidence.flagged == (evidence.metrics["flip_rate"] >= evidence.metrics["flip_threshold"])
     assert result.metrics["mean_activation_score"] >= 0.8
 
 
@@ -127,3 +127,84 @@ def test_same_seed_same_result_and_fidelity_figures(digits_twins):
     assert [c.metrics for c in first.classes] == [c.metrics for c in second.classes]
     assert first.fidelity["spearman"] == second.fidelity["spearman"]
     assert "Randomisation check" in first.description
+
+
+class _BrightBorder(torch.nn.Module):
+    """Class 1 when the outer 2-px ring is bright: a feature of the image border, nothing else."""
+
+    def forward(self, x):
+        ring = torch.ones(x.shape[-2:], dtype=torch.bool)
+        ring[2:-2, 2:-2] = False
+        border = x[..., ring].mean((1, 2))
+        return torch.stack([torch.full_like(border, 0.5), border], 1)
+
+
+class _BrightPixels(torch.nn.Module):
+    """Class 1 when enough pixels are bright, wherever they are: an 'object' that a frame also draws."""
+
+    def forward(self, x):
+        amount = x.sum((1, 2, 3)) / 50
+        return torch.stack([torch.ones_like(amount), amount], 1)
+
+
+def test_frame_control_tells_a_border_feature_from_an_object_drawn_by_a_ring():
+    from auditor.diffusion.readout import intervene, ring_mask
+
+    framed = torch.where(ring_mask(28, 28, 2), 1.0, 0.0).expand(2, 4, 1, 28, 28).clone()  # (K=2, N=4)
+    framed[0] = 0.0                                                                        # class 0: nothing
+    others = torch.zeros(32, 1, 28, 28)
+    labels = torch.zeros(32, dtype=torch.long)
+    border = intervene(_BrightBorder(), framed, others, labels, 2, torch.Generator().manual_seed(0))
+    assert border.flip["frame"][1] == 1.0 and border.frame_control[1] == 0.0
+    anywhere = intervene(_BrightPixels(), framed, others, labels, 2, torch.Generator().manual_seed(0))
+    assert anywhere.flip["frame"][1] == 1.0 and anywhere.frame_control[1] == 1.0
+
+
+def test_inward_frame_keeps_the_ring_width_around_the_central_box():
+    from auditor.diffusion.readout import FRAME_CONTROL, ring_mask, transplant
+
+    source = torch.where(ring_mask(28, 28, 2), 1.0, 0.0)[None, None]
+    for name, inset in ((FRAME_CONTROL, 4), (FRAME_CONTROL + " further", 8)):     # 15 % and 30 % of 28 px
+        moved = transplant(name, source, torch.zeros_like(source), 2)[0, 0]
+        outside = torch.ones(28, 28, dtype=torch.bool)
+        outside[inset:-inset, inset:-inset] = False
+        assert float(moved[outside].sum()) == 0.0
+        assert torch.equal(moved[inset:-inset, inset:-inset].bool(), ring_mask(28 - 2 * inset, 28 - 2 * inset, 2))
+
+
+def test_texture_transplant_keeps_stripes_and_scrambles_outlines():
+    from auditor.diffusion.readout import shuffle_tiles
+    from auditor.synthetic.spurious import TextureFeature
+
+    stripes = TextureFeature(period=4).stripes(32, 32)[None, None]
+    assert torch.equal(shuffle_tiles(stripes), stripes)
+    outline = torch.zeros(1, 1, 32, 32)
+    outline[..., 8:24, 8] = 1.0                                  # a vertical stroke
+    shuffled = shuffle_tiles(outline)
+    assert float(shuffled.sum()) == float(outline.sum()) and not torch.equal(shuffled, outline)
+
+
+@has_digits_prior
+def test_skips_when_the_shape_matched_prior_does_not_fit_the_model():
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+    with torch.no_grad():
+        net[1].weight.zero_()
+        net[1].bias.copy_(torch.arange(10.0))                    # every input is class 9
+    target = ModelTarget.from_module(net, DIGITS)
+    result = create("diffusion").run(target, RunContext(seed=0, options={"fast": "true"}))
+    assert result.status == "skipped"
+    assert "does not fit" in result.reason and "auditor prior train" in result.reason
+
+
+@has_digits_prior
+def test_thresholds_come_from_the_prior_calibration_unless_the_user_sets_one(digits_twins):
+    calibrated = dict(select_prior((1, 28, 28)).thresholds)
+    assert set(calibrated) == {"frame", "background texture"}, "the bundled digits prior lost its calibration"
+    options = {"fast": "true", "fidelity_stages": "0"}
+    default = create("diffusion").run(digits_twins.clean, RunContext(seed=0, options=options))
+    assert default.status == "ok", default.reason
+    assert all(c.metrics["flip_threshold"] in calibrated.values() for c in default.classes)
+    assert "calibrated on clean reference models" in default.description
+    user = create("diffusion").run(digits_twins.clean, RunContext(seed=0, options=options, threshold=0.05))
+    assert all(c.metrics["flip_threshold"] == 0.05 for c in user.classes)
+    assert all(c.flagged == (c.metrics["flip_rate"] >= 0.05) for c in user.classes)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from auditor.errors import DetectorTimeout
+from auditor.errors import DetectorSkip, DetectorTimeout
 from auditor.target import ModelTarget, SampleData, frozen_eval
 
 _log = logging.getLogger("auditor")
@@ -199,6 +199,8 @@ class Detector(ABC):
             result = _wrap(self.name, findings, time.monotonic() - started)
         except DetectorTimeout as exc:
             result = DetectorResult(self.name, "failed", f"timeout: {exc}", time.monotonic() - started)
+        except DetectorSkip as exc:
+            result = DetectorResult(self.name, "skipped", str(exc), time.monotonic() - started)
         except Exception as exc:  # a detector bug must not take the whole audit down
             _log.debug("detector %s failed:\n%s", self.name, traceback.format_exc())
             reason = f"{type(exc).__name__}: {exc}"

@@ -8,9 +8,18 @@ DDIM sampler) or a local diffusers text-to-image pipeline (soft-prompt embedding
 
 Read-out: what the class's images share that is not the object (frame / background texture, border
 vs centre energy, colour and texture statistics against the other classes' images; concept words
-ranked by CLIP with a local pipeline), each candidate confirmed by intervention: transplanted onto
-other-class inputs, the flip rate says whether the model really uses it. A class whose candidate
-flips ≥ ``min_flip`` of other-class inputs gets the role "spurious feature".
+ranked by CLIP with a local pipeline), each candidate confirmed by intervention: transplanted, image
+by image, onto other-class inputs, the flip rate says whether the model really uses it (the best image
+is chosen on one half of the inputs and measured on the other). A frame must be a feature of the
+border: pasted as a ring around the central box it has to lose most of its effect, which rules out
+objects drawn by a ring. A class whose candidate flips held-out other-class inputs at a rate that
+reaches the candidate's threshold gets the role "spurious feature". The thresholds of a bundled prior
+are calibrated on clean reference models of its domain (``bench/diffusion_calibrate.py``, stored in
+the prior's ``prior.json``); without calibration, or when the user sets one, ``min_flip`` applies.
+
+A prior chosen by input shape alone must fit the model: the model must recognise its unoptimised
+samples (mean top probability ≥ ``min_confidence``, spread over ≥ ``min_coverage`` of the classes),
+otherwise the probe is skipped with instructions.
 
 Fidelity: cascading randomisation of the classifier (deep copy, top-down) and re-generation from the
 same noise: if the images barely change, the picture reflects the prior, not the model.
@@ -26,14 +35,22 @@ import torch
 import torch.nn.functional as F
 
 from auditor.detectors.base import ClassEvidence, Detector, EvidenceImage, Findings, RunContext, register
-from auditor.diffusion.generators import Generator, make_generator, optimised_indices, select_prior
+from auditor.diffusion.generators import (
+    BundledPrior,
+    Generator,
+    make_generator,
+    optimised_indices,
+    select_prior,
+)
 from auditor.diffusion.readout import (
     CANDIDATES,
     DEFAULT_CONCEPTS,
     class_statistics,
-    flip_rates,
+    intervene,
     rank_concepts,
+    transplant,
 )
+from auditor.errors import DetectorSkip
 from auditor.stats import leave_one_out_z
 from auditor.target import ModelTarget
 
@@ -59,8 +76,12 @@ class DiffusionProbe(Detector):
     ``fast`` (false: 2 images per class, 6 steps, one randomisation stage — smoke runs),
     ``per_class`` (8 images), ``iterations`` (20 Adam steps), ``lr`` (0.1 for the prior's latent,
     0.01 for prompt embeddings), ``sampler_steps`` (4 DDIM steps), ``latent_weight`` (1.0, keeps the
-    latent on the Gaussian shell), ``ring`` (0 = max(2, H/14) px frame width), ``min_flip`` (0.5;
-    ``--threshold`` overrides), ``fidelity_stages`` (2), ``fidelity_per_class`` (2),
+    latent on the Gaussian shell), ``ring`` (0 = max(2, H/14) px frame width), ``min_flip`` (the prior's
+    calibrated thresholds, else 0.5; ``--threshold`` overrides, for every candidate), ``border_loss`` (0.5: a frame counts only if, moved inward, it keeps at
+    most this share of its flip rate), ``min_confidence`` (0.5) and ``min_coverage`` (0.2): a prior
+    picked by input shape must give unoptimised samples that the model recognises (mean top softmax)
+    and spreads over this share of its classes, else the probe is skipped; ``fidelity_stages`` (2),
+    ``fidelity_per_class`` (2),
     ``prior_rho`` (0.9: Spearman at full randomisation above which the picture is called
     prior-dominated), ``concepts`` ("": a file with one concept per line, added to the defaults).
     """
@@ -86,10 +107,16 @@ class DiffusionProbe(Detector):
         lr = float(context.option("lr", 0.01 if pipeline else 0.1))
         steps = int(context.option("sampler_steps", 4))
         latent_weight = float(context.option("latent_weight", 1.0))
-        min_flip = float(context.threshold if context.threshold is not None else context.option("min_flip", 0.5))
+        user_flip = context.threshold if context.threshold is not None else context.option("min_flip", None)
+        min_flip = float(user_flip) if user_flip is not None else 0.5
         n_stages = int(context.option("fidelity_stages", 1 if fast else 2))
         fid_per_class = min(per_class, int(context.option("fidelity_per_class", 1 if fast else 2)))
         prior_rho = float(context.option("prior_rho", 0.9))
+        border_loss = float(context.option("border_loss", 0.5))
+        # clean reference models of the priors' domains: confidence ≥ 0.70, coverage ≥ 0.3; models of a
+        # foreign domain measured 0.19–0.50 (bench/RESULTS.md §5)
+        min_coverage = float(context.option("min_coverage", 0.2))
+        min_confidence = float(context.option("min_confidence", 0.5))
         k = target.num_classes
         c, h, w = target.spec.shape
         ring = int(context.option("ring", 0)) or max(2, round(min(h, w) / 14))
@@ -102,10 +129,23 @@ class DiffusionProbe(Detector):
         labels = torch.arange(k, device=device).repeat_interleave(per_class)
         init = gen.init_conditioning(k * per_class, context.generator("cpu", salt=1))
 
-        context.report("optimising conditioning", 0.0)
-        images, cond = optimise(gen, target.model, init, labels, iterations, lr, latent_weight, context, 0.0, 0.6)
         with torch.no_grad():
             start_images = gen.generate([t.detach() for t in init])
+        coverage, confidence = prior_fit(target, start_images)
+        user_prior = str(context.option("prior", ""))
+        chosen_by_shape = isinstance(gen, BundledPrior) and (
+            not user_prior or gen.info.path.resolve() != Path(user_prior).resolve())
+        if chosen_by_shape and (coverage < min_coverage or confidence < min_confidence):
+            # a bundled prior is picked by input shape alone; the model must recognise its samples
+            raise DetectorSkip(
+                f"the {gen.describe()} does not fit this model: the model gives its unoptimised samples a mean "
+                f"top probability of {confidence:.2f} (needs {min_confidence:g}) and spreads them over "
+                f"{coverage:.0%} of its classes (needs {min_coverage:.0%}); train a prior on clean images of "
+                f"the model's domain with `auditor prior train --data DIR --out PRIOR_DIR` and pass "
+                f"--option diffusion.prior=PRIOR_DIR")
+
+        context.report("optimising conditioning", 0.0)
+        images, cond = optimise(gen, target.model, init, labels, iterations, lr, latent_weight, context, 0.0, 0.6)
         pred = target.logits(images).argmax(1).cpu()
         per = images.view(k, per_class, c, h, w).cpu()
         activation = (pred.view(k, per_class) == torch.arange(k)[:, None]).float().mean(1).numpy()
@@ -120,10 +160,23 @@ class DiffusionProbe(Detector):
             others, other_labels = images.detach(), labels.cpu()
             inputs_source = "the other classes' generated images"
         stats = class_statistics(per, ring)
-        flips = flip_rates(target.model, per.to(device), others, other_labels, ring)
-        flip_matrix = np.stack([flips[cand] for cand in CANDIDATES], 1)     # (K, candidates)
-        best_cand = flip_matrix.argmax(1)
-        best_flip = flip_matrix.max(1)
+        found = intervene(target.model, per.to(device), others, other_labels, ring,
+                          context.generator("cpu", salt=4))
+        # a frame counts only when it is a feature of the border: moved inward it must lose at least half
+        # its effect (an object drawn by a ring, such as a hollow square, keeps it)
+        frame_ok = found.frame_control <= border_loss * found.flip["frame"]
+        usable = {"frame": np.where(frame_ok, found.flip["frame"], 0.0),
+                  "background texture": found.flip["background texture"]}
+        # thresholds per candidate: the prior's calibration on clean reference models of its domain
+        # unless the user set one; above 1 the candidate cannot be told from what clean models do
+        thresholds = {cand: min_flip for cand in CANDIDATES}
+        if user_flip is None:
+            thresholds.update({c: v for c, v in gen.thresholds().items() if c in thresholds})
+        flip_matrix = np.stack([usable[cand] for cand in CANDIDATES], 1)    # (K, candidates)
+        ratio = flip_matrix / np.array([thresholds[cand] for cand in CANDIDATES])[None, :]
+        best_cand = ratio.argmax(1)
+        best_flip = flip_matrix[np.arange(k), best_cand]
+        best_ratio = ratio.max(1)
         z = leave_one_out_z(best_flip.astype(np.float64))
 
         concepts: list[list[tuple[str, float]]] = [[] for _ in range(k)]
@@ -142,39 +195,75 @@ class DiffusionProbe(Detector):
 
         classes = []
         for t in range(k):
-            flagged = bool(best_flip[t] >= min_flip)
+            flagged = bool(best_ratio[t] >= 1.0)
             cand = CANDIDATES[int(best_cand[t])]
+            src = int(found.source[cand][t])
             caption = (f"{per_class} images maximising '{target.label(t)}' (activation {activation[t]:.2f}); "
-                       f"candidate: {cand}, flip rate {best_flip[t]:.2f}")
+                       f"candidate: {cand} of image {src + 1}, flip rate {best_flip[t]:.2f}")
             words = ", ".join(f"{wd} ({s:.2f})" for wd, s in concepts[t])
             metrics = {
                 "activation_score": float(activation[t]), "flip_rate": float(best_flip[t]),
-                **{f"flip_rate_{cn.replace(' ', '_')}": float(flips[cn][t]) for cn in CANDIDATES},
+                "flip_threshold": float(thresholds[cand]),
+                **{f"flip_rate_{cn.replace(' ', '_')}": float(found.flip[cn][t]) for cn in CANDIDATES},
+                **{f"mean_flip_rate_{cn.replace(' ', '_')}": float(found.mean_flip[cn][t]) for cn in CANDIDATES},
+                "flip_rate_frame_moved_inward": float(found.frame_control[t]),
                 "border_contrast": float(stats.border_contrast[t]), "centre_contrast": float(stats.centre_contrast[t]),
                 "border_ratio": float(stats.border_ratio[t]), "texture_ratio": float(stats.texture_ratio[t]),
             }
             fid_badge = {"randomisation_rho": float(fidelity["spearman"][-1])} if fidelity["spearman"] else None
+            pictures = [EvidenceImage(tile(per[t]), caption, kind="diffusion", fidelity=fid_badge)]
+            if flagged:  # what the intervention did: the candidate of the chosen image on an other-class input
+                victim = others[int(torch.nonzero(other_labels != t)[0])] if (other_labels != t).any() else others[0]
+                stamped = transplant(cand, per[t, src][None].to(device), victim[None], ring)[0].cpu()
+                pictures.append(EvidenceImage(tile(stamped[None]), f"{cand} of image {src + 1} transplanted onto "
+                                              f"an input of another class", kind="diffusion", fidelity=fid_badge))
+            why = (f"flip rate {best_flip[t]:.2f} on held-out {inputs_source}, mean over the class's images "
+                   f"{found.mean_flip[cand][t]:.2f}")
+            if cand == "frame":
+                why += f"; moved inward {found.frame_control[t]:.2f}"
+            elif found.flip["frame"][t] >= thresholds["frame"] and not frame_ok[t]:
+                why += (f"; its frame flips {found.flip['frame'][t]:.2f} but also {found.frame_control[t]:.2f} "
+                        f"moved inward, so it is part of the object, not of the border")
             classes.append(ClassEvidence(
                 index=t, score=float(best_flip[t]), z=float(z[t]), flagged=flagged,
-                role="spurious feature" if flagged else "", metrics=metrics,
-                images=(EvidenceImage(tile(per[t]), caption, kind="diffusion", fidelity=fid_badge),),
-                description=(f"candidate spurious feature: {cand} (flip rate {best_flip[t]:.2f} on {inputs_source})"
+                role="spurious feature" if flagged else "", metrics=metrics, images=tuple(pictures),
+                description=(f"candidate spurious feature: {cand} ({why})"
                              + (f"; CLIP concepts: {words}" if words else "") + (f". {fid_text}" if flagged else "")),
             ))
         max_flip = float(best_flip.max())
+        model_score = float(best_ratio.max() / (1.0 + best_ratio.max()))   # 0.5 at the threshold
+        limits = ", ".join(f"{cand} {thresholds[cand]:g}" for cand in CANDIDATES)
+        where = ("calibrated on clean reference models of the prior's domain"
+                 if user_flip is None and gen.thresholds() else "uncalibrated default" if user_flip is None
+                 else "set by the user")
+        uninformative = [cand for cand in CANDIDATES if thresholds[cand] > 1.0]
         description = (
             f"Optimised the conditioning of a {gen.describe()} with {iterations} Adam steps so that "
             f"{per_class} generated images per class maximise that class (cross-entropy), all classes in one "
             f"batch; the outer {ring}-px frame and the background texture of each class's images were "
-            f"transplanted onto {inputs_source} and a class is flagged when the flip rate reaches {min_flip:g}. "
-            f"{fid_text}"
+            f"transplanted, image by image, onto {inputs_source} (the best image chosen on one half of the "
+            f"inputs, its flip rate measured on the other half); a class is flagged when a flip rate reaches "
+            f"its threshold ({limits}; {where}), and a frame counts only if moving it inward costs at least "
+            f"{1 - border_loss:.0%} of its effect. "
+            + (f"The {' and '.join(uninformative)} candidate cannot flag with this prior: clean reference "
+               f"models of its domain reach the same flip rates. " if uninformative else "")
+            + fid_text
         )
         return Findings(
-            model_score=max_flip, classes=tuple(classes), description=description, threshold=min_flip,
+            model_score=model_score, classes=tuple(classes), description=description, threshold=0.5,
             metrics={"mean_activation_score": float(activation.mean()), "max_flip_rate": max_flip,
+                     "prior_class_coverage": coverage, "prior_sample_confidence": confidence,
                      "prior_dominated": float(fidelity["prior_dominated"])},
             fidelity=fidelity,
         )
+
+
+def prior_fit(target: ModelTarget, samples: torch.Tensor) -> tuple[float, float]:
+    """(share of classes the model assigns at least one unoptimised prior sample to, mean top softmax):
+    a prior of the model's own domain gives samples the model recognises, spread over its classes."""
+    probs = target.logits(samples).float().softmax(1)
+    coverage = len(torch.unique(probs.argmax(1))) / target.num_classes
+    return float(coverage), float(probs.max(1).values.mean())
 
 
 def optimise(gen: Generator, model, init: list[torch.Tensor], labels: torch.Tensor, iterations: int, lr: float,

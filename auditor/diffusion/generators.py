@@ -47,6 +47,10 @@ class Generator(ABC):
     def describe(self) -> str:
         return self.kind
 
+    def thresholds(self) -> dict[str, float]:
+        """Calibrated flip-rate thresholds per candidate feature ({} when the generator has none)."""
+        return {}
+
 
 def _to_target(images: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     """[−1, 1] generator output → [0, 1] at the model's (C, H, W)."""
@@ -69,6 +73,9 @@ class PriorInfo:
     name: str
     input_shape: tuple[int, int, int]
     padded_size: int
+    #: flip-rate thresholds per candidate feature, calibrated on clean reference models of the prior's
+    #: domain (``bench/diffusion_calibrate.py``); empty for a prior without calibration
+    thresholds: tuple[tuple[str, float], ...] = ()
 
 
 def read_prior(path: str | Path) -> PriorInfo | None:
@@ -77,7 +84,9 @@ def read_prior(path: str | Path) -> PriorInfo | None:
     if not meta.is_file() or not (p / "unet").is_dir():
         return None
     m = json.loads(meta.read_text())
-    return PriorInfo(p, str(m.get("name", p.name)), tuple(int(v) for v in m["input_shape"]), int(m["padded_size"]))
+    thresholds = tuple((str(k), float(v)) for k, v in m.get("calibration", {}).get("thresholds", {}).items())
+    return PriorInfo(p, str(m.get("name", p.name)), tuple(int(v) for v in m["input_shape"]), int(m["padded_size"]),
+                     thresholds)
 
 
 def available_priors(extra: str | Path | None = None) -> list[PriorInfo]:
@@ -143,6 +152,9 @@ class BundledPrior(Generator):
     def regulariser(self, conditioning: list[torch.Tensor]) -> torch.Tensor:
         z = conditioning[0].flatten(1)
         return (z.pow(2).mean(1) - 1).pow(2)
+
+    def thresholds(self) -> dict[str, float]:
+        return dict(self.info.thresholds)
 
     def describe(self) -> str:
         c, h, w = self.info.input_shape

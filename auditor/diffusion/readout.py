@@ -5,11 +5,16 @@ candidates are measured for every class (all classes batched):
 
 * ``frame`` — the outer ring (``ring`` px) of the class's generated images, pasted over other-class
   inputs' border (border vs centre energy against the other classes' images is reported alongside);
-* ``background texture`` — the high-frequency residual (image − 3×3 blur) of the class's images
-  outside the central box, added to other-class inputs' background.
+* ``background texture`` — the high-frequency residual (image − 3×3 blur) of the class's images,
+  its Fourier phases randomised (texture kept, object outlines destroyed), added to other-class inputs
+  outside the central box.
 
-Each candidate is confirmed by **intervention**: the flip rate is the fraction of other-class inputs
-(not already assigned to the class) that the model assigns to the class after the transplant.
+Each candidate is confirmed by **intervention** (:func:`intervene`): the flip rate is the fraction of
+other-class inputs (not already assigned to the class) that the model assigns to the class after the
+transplant. Sources are taken one image at a time — a class's images need not all show the feature —
+the best one chosen on half of the inputs and measured on the other half. The frame has a control,
+the same ring moved inward to two positions (``FRAME_CONTROL``), which tells a border feature from an
+object shaped like a frame.
 With a CLIP text encoder (local pipeline) :func:`rank_concepts` ranks a concept vocabulary.
 """
 
@@ -81,6 +86,11 @@ def class_statistics(images: torch.Tensor, ring: int) -> ClassStatistics:
 
 
 CANDIDATES = ("frame", "background texture")
+#: the frame of the same source image pasted as a ring around the central box instead of at the border:
+#: a feature of the image border loses its effect there, an object drawn by a ring (a hollow square) keeps it;
+#: two positions (insets as a share of each side), the larger flip rate counts
+FRAME_CONTROL = "frame moved inward"
+INWARD_INSETS = (0.15, 0.3)
 
 
 def transplant(candidate: str, sources: torch.Tensor, inputs: torch.Tensor, ring: int) -> torch.Tensor:
@@ -89,34 +99,121 @@ def transplant(candidate: str, sources: torch.Tensor, inputs: torch.Tensor, ring
     if candidate == "frame":
         m = ring_mask(h, w, ring, inputs.device)
         return torch.where(m, sources, inputs)
+    if candidate == FRAME_CONTROL:
+        return _inward_frame(sources, inputs, ring, INWARD_INSETS[0])
+    if candidate == FRAME_CONTROL + " further":
+        return _inward_frame(sources, inputs, ring, INWARD_INSETS[1])
     if candidate == "background texture":
         m = outer_mask(h, w, device=inputs.device).to(inputs.dtype)
-        return (inputs + m * high_pass(sources)).clamp(0, 1)
+        return (inputs + m * randomise_phase(high_pass(sources))).clamp(0, 1)
     raise ValueError(candidate)
 
 
-@torch.no_grad()
-def flip_rates(model, images: torch.Tensor, others: torch.Tensor, other_labels: torch.Tensor, ring: int,
-               batch: int = 512) -> dict[str, np.ndarray]:
-    """Per candidate, per class k: fraction of inputs with label ≠ k (and not predicted k) sent to k.
+def randomise_phase(x: torch.Tensor) -> torch.Tensor:
+    """Keep the amplitude spectrum of ``x`` (B, C, H, W), replace its phases by one fixed random draw:
+    a texture (its power spectrum: stripes stay stripes) survives, edges and outlines — which live in
+    the phase — do not. Same energy as ``x``."""
+    h, w = x.shape[-2:]
+    spectrum = torch.fft.rfft2(x.float())
+    phase = torch.rand(spectrum.shape[-2:], generator=torch.Generator().manual_seed(0)) * (2 * torch.pi)
+    phase[0, 0] = 0.0                                                     # keep the mean as it is
+    out = torch.fft.irfft2(spectrum.abs() * torch.polar(torch.ones_like(phase), phase).to(x.device), s=(h, w))
+    return out.to(x.dtype)
 
-    ``images`` (K, N, C, H, W): class-maximising images (sources, cycled); ``others`` (M, C, H, W)
-    inputs with labels ``other_labels`` (M,). All classes are batched together.
+
+def shuffle_tiles(x: torch.Tensor, tile: int = 4) -> torch.Tensor:
+    """Permute the ``tile``×``tile`` tiles of ``x`` (B, C, H, W) by one fixed permutation: local texture
+    survives, the outline of an object (edges of a hollow square, a stroke) does not."""
+    b, c, h, w = x.shape
+    th, tw = h // tile, w // tile
+    if th * tw < 2:
+        return x
+    core = x[..., : th * tile, : tw * tile]
+    tiles = core.reshape(b, c, th, tile, tw, tile).permute(0, 1, 2, 4, 3, 5).reshape(b, c, th * tw, tile, tile)
+    order = torch.randperm(th * tw, generator=torch.Generator().manual_seed(0)).to(x.device)
+    shuffled = tiles[:, :, order].reshape(b, c, th, tw, tile, tile).permute(0, 1, 2, 4, 3, 5)
+    out = x.clone()
+    out[..., : th * tile, : tw * tile] = shuffled.reshape(b, c, th * tile, tw * tile)
+    return out
+
+
+def _inward_frame(sources: torch.Tensor, inputs: torch.Tensor, ring: int, inset: float) -> torch.Tensor:
+    """The source's ``ring``-px frame resampled onto the ring of the central box (``inset`` of each side
+    in from the border), ring width kept: border rows/columns map to themselves, the rest linearly."""
+    h, w = inputs.shape[-2:]
+    dh, dw = max(ring, round(h * inset)), max(ring, round(w * inset))
+
+    def index(n: int, d: int) -> torch.Tensor:
+        inner = n - 2 * d - 2 * ring
+        middle = torch.linspace(ring, n - ring - 1, max(inner, 0)).round().long()
+        return torch.cat([torch.arange(ring), middle, torch.arange(n - ring, n)]).to(inputs.device)
+
+    small = sources[..., index(h, dh), :][..., index(w, dw)]             # (B, C, h − 2dh, w − 2dw)
+    m = ring_mask(h - 2 * dh, w - 2 * dw, ring, inputs.device)
+    out = inputs.clone()
+    region = out[..., dh:h - dh, dw:w - dw]
+    out[..., dh:h - dh, dw:w - dw] = torch.where(m, small, region)
+    return out
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """Transplant flip rates per candidate feature (arrays of length K).
+
+    Per class the source image whose candidate flips most of one half of the other-class inputs is
+    chosen; ``flip`` is that source's flip rate on the *other* half (no selection bias), ``mean_flip``
+    the mean over all sources and inputs, ``source`` the chosen image's index. ``frame_control`` is the
+    chosen frame source's flip rate moved inward (same held-out half).
+    """
+
+    flip: dict[str, np.ndarray]
+    mean_flip: dict[str, np.ndarray]
+    source: dict[str, np.ndarray]
+    frame_control: np.ndarray
+
+
+@torch.no_grad()
+def intervene(model, images: torch.Tensor, others: torch.Tensor, other_labels: torch.Tensor, ring: int,
+              generator: torch.Generator, max_inputs: int = 96, batch: int = 512) -> Intervention:
+    """Transplant each class's candidate features, image by image, onto other-class inputs.
+
+    ``images`` (K, N, C, H, W): class-maximising images (sources); ``others`` (M, C, H, W) inputs with
+    labels ``other_labels`` (M,); at most ``max_inputs`` of them are used (seeded subsample), split in
+    two halves: one chooses each class's source image, the other measures it.
     """
     k, n = images.shape[:2]
+    pick = torch.randperm(others.shape[0], generator=generator)[:max_inputs]
+    others, other_labels = others[pick.to(others.device)], other_labels[pick.cpu()]
     m = others.shape[0]
+    half = torch.zeros(m, dtype=torch.bool)
+    half[torch.randperm(m, generator=generator)[: m // 2]] = True          # True: choose, False: measure
     base_pred = _predict(model, others, batch)
-    src_idx = torch.arange(m) % n
-    out = {}
+    flip, mean_flip, source = {}, {}, {}
+    control = np.zeros(k)
     for cand in CANDIDATES:
-        srcs = images[:, src_idx]                                   # (K, M, C, H, W)
-        stamped = transplant(cand, srcs.flatten(0, 1), others.repeat(k, 1, 1, 1), ring)
-        pred = _predict(model, stamped, batch).view(k, m)
-        cls = torch.arange(k)[:, None]
-        eligible = (other_labels[None, :] != cls) & (base_pred[None, :] != cls)
-        hits = ((pred == cls) & eligible).sum(1).float()
-        out[cand] = (hits / eligible.sum(1).clamp(min=1).float()).numpy()
-    return out
+        flip[cand], mean_flip[cand], source[cand] = np.zeros(k), np.zeros(k), np.zeros(k, dtype=int)
+    for t in range(k):
+        eligible = (other_labels != t) & (base_pred != t)                 # (M,)
+        choose, measure = eligible & half, eligible & ~half
+
+        for cand in CANDIDATES:
+            h = _hits(model, cand, images[t], others, t, eligible, ring, batch).float()   # (N, M)
+            best = int((h[:, choose].sum(1)).argmax())
+            flip[cand][t] = float(h[best, measure].sum() / measure.sum().clamp(min=1))
+            mean_flip[cand][t] = float(h.sum() / (eligible.sum().clamp(min=1) * n))
+            source[cand][t] = best
+        for name in (FRAME_CONTROL, FRAME_CONTROL + " further"):
+            ctrl = _hits(model, name, images[t, source["frame"][t]][None], others, t, eligible, ring, batch).float()[0]
+            control[t] = max(control[t], float(ctrl[measure].sum() / measure.sum().clamp(min=1)))
+    return Intervention(flip=flip, mean_flip=mean_flip, source=source, frame_control=control)
+
+
+def _hits(model, cand: str, sources: torch.Tensor, inputs: torch.Tensor, t: int, eligible: torch.Tensor,
+          ring: int, batch: int) -> torch.Tensor:
+    """(S, M) bool: input m, stamped with source s's candidate, is an eligible input sent to class t."""
+    s, m = sources.shape[0], inputs.shape[0]
+    stamped = transplant(cand, sources.repeat_interleave(m, 0), inputs.repeat(s, 1, 1, 1), ring)
+    return (_predict(model, stamped, batch).view(s, m) == t) & eligible[None, :]
 
 
 def _predict(model, x: torch.Tensor, batch: int) -> torch.Tensor:

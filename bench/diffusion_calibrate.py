@@ -1,0 +1,66 @@
+"""Calibrate the diffusion probe's flip-rate thresholds per bundled prior on clean reference models.
+
+    python bench/diffusion_bench.py --planted 0 --zoo-dir bench/zoo/reference --zoo clean \\
+        --option min_coverage=0 --option min_confidence=0 --option fidelity_stages=0 \\
+        --out bench/diffusion_reference.json
+    python bench/diffusion_calibrate.py bench/diffusion_reference.json
+
+The null of a candidate feature is, per clean model, the largest flip rate any class reaches with it
+(a frame only where it passes the moved-inward control, as the detector counts it). The threshold is
+the largest null over the reference models plus ``--margin``, never below ``--floor`` (the detector's
+uncalibrated ``min_flip``). A threshold above 1 means the candidate cannot be told from what clean
+models of that domain do; the detector then reports it without flagging. Written into each bundled
+prior's ``prior.json`` (``calibration``) and ``bench/diffusion_calibration.json``. Reference models
+only: the scored zoo never enters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from auditor.diffusion.generators import available_priors  # noqa: E402
+
+BORDER_LOSS = 0.5  # the detector's default border_loss
+
+
+def null_of(row: dict) -> dict[str, float]:
+    flips = row["class_flips"].values()
+    frame = [c["frame"] for c in flips if c["frame_moved_inward"] <= BORDER_LOSS * c["frame"]]
+    return {"frame": max(frame, default=0.0), "background texture": max(c["background_texture"] for c in flips)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("rows", type=Path, help="diffusion_bench.py output on bench/zoo/reference")
+    ap.add_argument("--margin", type=float, default=0.1)
+    ap.add_argument("--floor", type=float, default=0.5)
+    args = ap.parse_args()
+    rows = [r for r in json.loads(args.rows.read_text()) if r["status"] == "ok" and r["kind"] == "clean"]
+    manifest = json.loads((ROOT / "bench" / "zoo" / "reference" / "manifest.json").read_text())
+    shape_of = {m["id"]: tuple(m["input_shape"]) for m in manifest["members"]}
+    out = {"margin": args.margin, "floor": args.floor, "border_loss": BORDER_LOSS, "priors": {}}
+    for info in available_priors():
+        mine = [r for r in rows if shape_of.get(r["id"]) == tuple(info.input_shape)]
+        if not mine:
+            continue
+        nulls = {r["id"]: null_of(r) for r in mine}
+        thresholds = {cand: round(max(args.floor, max(n[cand] for n in nulls.values()) + args.margin), 3)
+                      for cand in ("frame", "background texture")}
+        out["priors"][info.name] = {"models": len(mine), "nulls": nulls, "thresholds": thresholds}
+        meta_path = info.path / "prior.json"
+        meta = json.loads(meta_path.read_text())
+        meta["calibration"] = {"thresholds": thresholds, "reference_models": len(mine),
+                               "how": "bench/diffusion_calibrate.py: largest clean null + margin"}
+        meta_path.write_text(json.dumps(meta, indent=1))
+        print(info.name, len(mine), "models", thresholds)
+    (ROOT / "bench" / "diffusion_calibration.json").write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
