@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -188,6 +189,29 @@ def _without_timings(path: Path) -> dict:
     return report
 
 
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def _assert_close(a, b, path: str = "") -> None:
+    """Equal structure, equal text and flags; numbers equal up to float reduction order (rel. 1e-4)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            _assert_close(a[key], b[key], f"{path}/{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (u, v) in enumerate(zip(a, b)):
+            _assert_close(u, v, f"{path}[{i}]")
+    elif isinstance(a, str):
+        assert _NUMBER.sub("#", a) == _NUMBER.sub("#", b), path
+        for u, v in zip(_NUMBER.findall(a), _NUMBER.findall(b)):
+            assert float(u) == pytest.approx(float(v), rel=1e-4, abs=1e-5), f"{path}: {a!r} vs {b!r}"
+    elif isinstance(a, float) and not isinstance(a, bool):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-5), path
+    else:
+        assert a == b, path
+
+
 def test_same_seed_same_report_across_runs_and_thread_counts(tmp_path):
     runs = []
     for i, threads in enumerate(("1", "2", "2")):
@@ -196,7 +220,10 @@ def test_same_seed_same_report_across_runs_and_thread_counts(tmp_path):
                        "--threads", threads, "--seed", "7", *FAST)
         assert proc.returncode in (0, 1), proc.stderr
         runs.append(_without_timings(out / "report.json"))
-    assert runs[0] == runs[1] == runs[2]
+    assert runs[1] == runs[2], "same seed and thread count must give the identical report"
+    # Another thread count changes the order of float reductions (oneDNN, onnxruntime): on some CPUs the
+    # last printed digit moves (e.g. z −1.56138 vs −1.56137); verdict, flags and text must not.
+    _assert_close(runs[0], runs[1])
 
 
 def test_sigterm_mid_scan_leaves_no_partial_report(tmp_path):
