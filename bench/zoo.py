@@ -185,9 +185,9 @@ def reference_members() -> list[dict]:
 
 
 def dev_members() -> list[dict]:
-    """Trojaned *development* models: every image attack of the zoo but all-to-all (which reached the
-    quality bar nowhere), on both image domains, with seeds (6000+), trigger parameters and architecture
-    rotation disjoint from the zoo's. Detector statistics are chosen on these (against the clean reference population),
+    """*Development* models: every image attack of the zoo but all-to-all (which reached the quality bar
+    nowhere), on both image domains, plus three shapes spurious-correlation models, with seeds (6000+),
+    trigger parameters and architecture rotation disjoint from the zoo's. Detector statistics are chosen on these (against the clean reference population),
     never on the members the benchmark scores."""
     members = []
     attacks = ("patch", "patch_random", "blended", "sig", "wanet", "two_target", "low_poison", "large_patch")
@@ -200,6 +200,12 @@ def dev_members() -> list[dict]:
             params = _attack_params(attack, np.random.default_rng(seed), c, side)
             params["name"] = attack
             members.append({"id": f"{domain}-{attack}-{arch}-{seed}", **_recipe(domain, arch, seed, params)})
+    # spurious-correlation dev models for the diffusion probe (shapes: the zoo's hard case), other
+    # architectures per feature than the zoo's
+    for i, (arch, kind) in enumerate((("resnet", "frame"), ("mobilenet", "texture"), ("vgg", "frame"))):
+        seed = 6200 + i
+        params = _spurious_params(kind, np.random.default_rng(seed))
+        members.append({"id": f"shapes-spurious_{kind}-{arch}-{seed}", **_recipe("shapes", arch, seed, spurious=params)})
     for i, m in enumerate(members):
         m["format"] = FORMATS[i % len(FORMATS)]
     return members

@@ -64,8 +64,8 @@ from auditor.target import ModelTarget
     needs_data=False,
     prefers_gpu=True,
     modalities=("image",),
-    # opt-in (--detectors diffusion): on the zoo it has not yet flagged a spurious class at its
-    # default flip-rate threshold (bench/RESULTS.md), so it does not vote in the default verdict
+    # opt-in (--detectors diffusion): on the zoo it finds the spurious class on 0 of 4 spurious models
+    # (bench/RESULTS.md §5), so it does not vote in the default verdict
     default=False,
 )
 class DiffusionProbe(Detector):
@@ -75,7 +75,8 @@ class DiffusionProbe(Detector):
     shape), ``pipeline`` ("": a local diffusers text-to-image pipeline folder — overrides the prior),
     ``fast`` (false: 2 images per class, 6 steps, one randomisation stage — smoke runs),
     ``per_class`` (8 images), ``iterations`` (20 Adam steps), ``lr`` (0.1 for the prior's latent,
-    0.01 for prompt embeddings), ``sampler_steps`` (4 DDIM steps), ``latent_weight`` (1.0, keeps the
+    0.01 for prompt embeddings), ``sampler_steps`` (6 DDIM steps through a prior — with 4 the shapes prior's
+    images lacked the planted frame of a dev model; 4 through a pipeline), ``latent_weight`` (1.0, keeps the
     latent on the Gaussian shell), ``ring`` (0 = max(2, H/14) px frame width), ``min_flip`` (the prior's
     calibrated thresholds, else 0.5; ``--threshold`` overrides, for every candidate), ``border_loss`` (0.5: a frame counts only if, moved inward, it keeps at
     most this share of its flip rate), ``min_confidence`` (0.5) and ``min_coverage`` (0.2): a prior
@@ -105,7 +106,7 @@ class DiffusionProbe(Detector):
         iterations = int(context.option("iterations", 6 if fast else 20))
         pipeline = str(context.option("pipeline", ""))
         lr = float(context.option("lr", 0.01 if pipeline else 0.1))
-        steps = int(context.option("sampler_steps", 4))
+        steps = int(context.option("sampler_steps", 4 if pipeline else 6))
         latent_weight = float(context.option("latent_weight", 1.0))
         user_flip = context.threshold if context.threshold is not None else context.option("min_flip", None)
         min_flip = float(user_flip) if user_flip is not None else 0.5
