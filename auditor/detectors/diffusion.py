@@ -75,11 +75,12 @@ class DiffusionProbe(Detector):
     shape), ``pipeline`` ("": a local diffusers text-to-image pipeline folder — overrides the prior),
     ``fast`` (false: 2 images per class, 6 steps, one randomisation stage — smoke runs),
     ``per_class`` (8 images), ``iterations`` (20 Adam steps), ``lr`` (0.1 for the prior's latent,
-    0.01 for prompt embeddings), ``sampler_steps`` (6 DDIM steps through a prior — with 4 the shapes prior's
-    images lacked the planted frame of a dev model; 4 through a pipeline), ``latent_weight`` (1.0, keeps the
-    latent on the Gaussian shell), ``ring`` (0 = max(2, H/14) px frame width), ``min_flip`` (the prior's
-    calibrated thresholds, else 0.5; ``--threshold`` overrides, for every candidate), ``border_loss`` (0.5: a frame counts only if, moved inward, it keeps at
-    most this share of its flip rate), ``min_confidence`` (0.5) and ``min_coverage`` (0.2): a prior
+    0.01 for prompt embeddings), ``sampler_steps`` (6 DDIM steps through a prior — with 4 the shapes
+    prior's images lacked the planted frame of a dev model; 4 through a pipeline), ``latent_weight``
+    (1.0, keeps the latent on the Gaussian shell), ``ring`` (0 = max(2, H/14) px frame width),
+    ``min_flip`` (the prior's calibrated thresholds, else 0.5; ``--threshold`` overrides, for every
+    candidate), ``border_loss`` (0.5: a frame counts only if, moved inward, it keeps at most this
+    share of its flip rate), ``min_confidence`` (0.5) and ``min_coverage`` (0.2): a prior
     picked by input shape must give unoptimised samples that the model recognises (mean top softmax)
     and spreads over this share of its classes, else the probe is skipped; ``fidelity_stages`` (2),
     ``fidelity_per_class`` (2),
@@ -174,7 +175,7 @@ class DiffusionProbe(Detector):
         if user_flip is None:
             thresholds.update({c: v for c, v in gen.thresholds().items() if c in thresholds})
         flip_matrix = np.stack([usable[cand] for cand in CANDIDATES], 1)    # (K, candidates)
-        ratio = flip_matrix / np.array([thresholds[cand] for cand in CANDIDATES])[None, :]
+        ratio = flip_matrix / np.array([max(thresholds[cand], 1e-6) for cand in CANDIDATES])[None, :]
         best_cand = ratio.argmax(1)
         best_flip = flip_matrix[np.arange(k), best_cand]
         best_ratio = ratio.max(1)

@@ -121,22 +121,6 @@ def randomise_phase(x: torch.Tensor) -> torch.Tensor:
     return out.to(x.dtype)
 
 
-def shuffle_tiles(x: torch.Tensor, tile: int = 4) -> torch.Tensor:
-    """Permute the ``tile``×``tile`` tiles of ``x`` (B, C, H, W) by one fixed permutation: local texture
-    survives, the outline of an object (edges of a hollow square, a stroke) does not."""
-    b, c, h, w = x.shape
-    th, tw = h // tile, w // tile
-    if th * tw < 2:
-        return x
-    core = x[..., : th * tile, : tw * tile]
-    tiles = core.reshape(b, c, th, tile, tw, tile).permute(0, 1, 2, 4, 3, 5).reshape(b, c, th * tw, tile, tile)
-    order = torch.randperm(th * tw, generator=torch.Generator().manual_seed(0)).to(x.device)
-    shuffled = tiles[:, :, order].reshape(b, c, th, tw, tile, tile).permute(0, 1, 2, 4, 3, 5)
-    out = x.clone()
-    out[..., : th * tile, : tw * tile] = shuffled.reshape(b, c, th * tile, tw * tile)
-    return out
-
-
 def _inward_frame(sources: torch.Tensor, inputs: torch.Tensor, ring: int, inset: float) -> torch.Tensor:
     """The source's ``ring``-px frame resampled onto the ring of the central box (``inset`` of each side
     in from the border), ring width kept: border rows/columns map to themselves, the rest linearly."""
@@ -163,7 +147,7 @@ class Intervention:
     Per class the source image whose candidate flips most of one half of the other-class inputs is
     chosen; ``flip`` is that source's flip rate on the *other* half (no selection bias), ``mean_flip``
     the mean over all sources and inputs, ``source`` the chosen image's index. ``frame_control`` is the
-    chosen frame source's flip rate moved inward (same held-out half).
+    chosen frame source's flip rate moved inward (the larger of two positions, same held-out half).
     """
 
     flip: dict[str, np.ndarray]
