@@ -3,6 +3,8 @@
     python bench/calibrate_saliency.py --zoo bench/zoo/reference --digits-seeds 1-8   # the shipped constants
     python bench/calibrate_saliency.py --digits-seeds 1-8         # clean digits SmallCNNs trained here
     python bench/calibrate_saliency.py --digits-seeds 1-8 --eval-dev   # + a few trojaned dev models
+    python bench/calibrate_saliency.py --zoo bench/zoo/reference --digits-seeds 1-8 --dev-zoo bench/zoo/dev
+                                                                  # + the dev split's trojaned models
 
 For every clean model the detector runs with its default options; the *relative* per-class statistics
 (``rel_<name>`` in each class's metrics: value minus the median of the other classes) are pooled over
@@ -12,7 +14,9 @@ paste into ``auditor/detectors/saliency.py``, the clean models' resulting maximu
 (in-sample and leave-one-model-out, i.e. each model scored with constants computed without it), and
 writes everything to ``--out`` (JSON). With ``--eval-dev`` it also scores trojaned models trained here
 (digits; BadNets patches at other positions/sizes, random location, blended) with the new constants —
-models the constants were *not* derived from.
+models the constants were *not* derived from. With ``--dev-zoo`` it scores the scored trojaned members of
+the dev split (``bench/zoo.py --dev``) and prints the dev AUROC against the clean models' leave-one-out
+scores: the figure detector variants are chosen on (the benchmarked zoo is never used for that).
 """
 
 from __future__ import annotations
@@ -72,6 +76,22 @@ def digits_model(seed: int, trigger=None, target: int = 0, rate: float = 0.1):
     return name, model, asr
 
 
+def zoo_trojaned_models(zoo: Path):
+    """``(id, module, InputSpec, targets, attack)`` for a zoo's scored trojaned image members."""
+    from bench.common import content_hash
+    from bench.zoo import DOMAIN_SHAPE, build_module
+
+    manifest = json.loads((zoo / "manifest.json").read_text())
+    for row in manifest["members"]:
+        if not row["trojaned"] or not row.get("scored", True) or row["domain"] == "points":
+            continue
+        weights = zoo / "cache" / content_hash(row["recipe"]) / "weights.pt"
+        module = build_module(row["recipe"])
+        module.load_state_dict(torch.load(weights, weights_only=True))
+        module.eval()
+        yield row["id"], module, InputSpec("image", tuple(DOMAIN_SHAPE[row["domain"]])), row["target_classes"], row["attack"]
+
+
 def run_detector(module, spec, seed: int = 0, options: dict | None = None):
     target = ModelTarget.from_module(module, spec)
     started = time.monotonic()
@@ -99,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zoo", type=Path, help="zoo folder with manifest.json and cache/")
     ap.add_argument("--digits-seeds", default="", help="train/load clean digits SmallCNNs with these seeds, e.g. 1-8")
     ap.add_argument("--eval-dev", action="store_true", help="also score trojaned digits dev models")
+    ap.add_argument("--dev-zoo", type=Path, help="also score this zoo's scored trojaned image members (the dev split)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("bench/_cache/saliency_calibration.json"))
     a = ap.parse_args(argv)
@@ -158,6 +179,28 @@ def main(argv: list[str] | None = None) -> int:
                         "classes": [dict(c.metrics) for c in result.classes]})
             print(f"dev {name}: ASR {asr:.2f} target {tgt}; max score {scores.max():.2f} at class {top} "
                   f"(target score {scores[tgt]:.2f}); {seconds:.1f} s", flush=True)
+
+    if a.dev_zoo:
+        for mid, module, spec, targets, attack in zoo_trojaned_models(a.dev_zoo):
+            result, seconds = run_detector(module, spec)
+            rel = {s: [c.metrics[f"rel_{s}"] for c in result.classes] for s in sal.FUSED_STATISTICS}
+            scores = score_with(constants, rel)
+            top = int(np.argmax(scores))
+            dev.append({"id": mid, "attack": attack, "targets": targets, "max_score": float(scores.max()),
+                        "top_class": top, "seconds": round(seconds, 2),
+                        "classes": [dict(c.metrics) for c in result.classes]})
+            print(f"dev {mid}: targets {targets}; max score {scores.max():.2f} at class {top}; {seconds:.1f} s",
+                  flush=True)
+        zoo_dev = [d for d in dev if "attack" in d]
+        neg = np.array(list(loo.values()))
+        pos = np.array([d["max_score"] for d in zoo_dev])
+        auroc = float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (pos.size * neg.size))
+        right = sum(d["top_class"] in d["targets"] for d in zoo_dev)
+        print(f"\ndev AUROC (dev trojaned vs clean leave-one-out): {auroc:.3f}; top class is a target on "
+              f"{right}/{len(zoo_dev)}")
+        for attack in sorted({d["attack"] for d in zoo_dev}):
+            scores = [round(d["max_score"], 2) for d in zoo_dev if d["attack"] == attack]
+            print(f"  {attack:14s} {scores}")
 
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"constants": constants, "clean_in_sample": in_sample, "clean_loo": loo,

@@ -38,6 +38,8 @@ def test_flags_the_trojaned_target_and_its_trigger_transplants(trojaned_result, 
     assert ev.metrics["transplant_asr"] >= 0.5
     assert ev.metrics["trigger_area"] <= 0.10
     assert ev.score == max(c.score for c in r.classes)
+    # the wide universal perturbation drives the target harder than any clean class
+    assert ev.metrics["shortcut_margin"] == max(c.metrics["shortcut_margin"] for c in r.classes)
     kinds = [img.kind for img in ev.images]
     assert {"class_map", "trigger", "mask"} <= set(kinds)
     assert r.model_score > 0.5
@@ -57,7 +59,8 @@ def test_every_class_has_a_map_and_finite_metrics(clean_result):
         maps = [img for img in ev.images if img.kind == "class_map"]
         assert len(maps) == 1 and maps[0].pixels.shape == (28, 28)
         assert 0.0 <= maps[0].pixels.min() and maps[0].pixels.max() <= 1.0
-        for key in ("sink_share", "uap_flip", "transplant_asr", "compactness", "map_concentration"):
+        for key in ("sink_share", "uap_flip", "transplant_asr", "compactness", "map_concentration",
+                    "shortcut_margin", "shortcut_flip", *(f"z_{s}" for s in sal.FUSED_STATISTICS)):
             assert key in ev.metrics
         assert all(math.isfinite(v) for v in ev.metrics.values())
 

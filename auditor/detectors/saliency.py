@@ -14,7 +14,12 @@ All classes are processed in one batch. For every class t:
 2. **Universal map (ℓ2 ball).** Fresh samples that the model assigns to *other* classes are nudged
    toward t (descent on cross-entropy); the normalised gradients are integrated (momentum) into one
    perturbation ρ_t that is projected onto an ℓ2 ball after every step. ``uap_flip`` / ``uap_margin``
-   measure how well that small universal perturbation sends held-out samples to t.
+   measure how well that small universal perturbation sends held-out samples to t; its refined
+   magnitude is the class map the report shows.
+   **Shortcut.** The same loop with a wide ball (RMS 0.5 per pixel): ``shortcut_margin`` is the mean
+   margin z_t − max_{j≠t} z_j of held-out other-class samples after adding it. A margin does not
+   saturate the way a flip rate does, and the wide ball reaches whole-image triggers too: a backdoor
+   target is driven much harder by one universal pattern than a clean class is.
 3. **Compact map (pixel-budget ball).** A plain universal perturbation is whole-image and does not
    localise a patch trigger, so a second map adds sparsity pressure: a mask m_t projected onto the
    capped simplex {0 ≤ m ≤ 1, Σm ≤ budget·H·W} (an ℓ1 ball intersected with the box) and a pattern
@@ -28,6 +33,8 @@ Statistics are made relative within the model (value minus the median over the o
 turned into z-scores with constants measured on *clean* models that are not under test
 (:data:`CALIBRATION`, produced by ``bench/calibrate_saliency.py``). The class score is the mean of
 the two largest calibrated z's over the fused statistics (a backdoor raises several at once).
+The probe's sink share and the small ball's flip rate are reported but not fused: on the dev split
+they lowered the AUROC (bench/RESULTS.md §3).
 """
 
 from __future__ import annotations
@@ -56,24 +63,24 @@ from auditor.target import ModelTarget
 # MobileNet ×2; seeds 8000+, disjoint from every benchmarked zoo member and test fixture) — via
 # `python bench/calibrate_saliency.py --zoo bench/zoo/reference --digits-seeds 1-8`, default options, seed 0.
 CALIBRATION: dict[str, tuple[float, float]] = {
-    "sink_share": (0.0000, 0.2233),
     "transplant_asr": (0.0000, 0.1634),
-    "uap_flip": (0.0000, 0.3438),
     "map_concentration": (0.0000, 0.0323),
+    "shortcut_margin": (0.0000, 7.3988),
 }
 #: The default decision threshold on the class score (:func:`fused_class_score`): the smallest
 #: half-integer above every clean reference model's largest class score (leave-one-model-out scores:
-#: median 2.2, max 3.4 on a digits SmallCNN, next 3.0 on a shapes VGG). Trojaned dev digits models
-#: (`--eval-dev`, never scored by the bench) scored 4.9–5.9, except an 8×8 patch at 2.6.
+#: median 1.7, max 3.1 on a shapes VGG). The dev split's 13 trojaned models (`--dev-zoo bench/zoo/dev`,
+#: never scored by the bench) scored 1.9–23.7, median 5.6; AUROC 0.97 against the clean scores.
 DEFAULT_THRESHOLD = 3.5
 #: A class whose score exceeds ``EXTREME_FACTOR × threshold`` is called a backdoor target even when the
 #: transplant check does not reach 50 % (e.g. whole-image triggers that no small region reproduces).
 EXTREME_FACTOR = 2.0
-#: Statistics fused into the class score (each "higher = more suspicious"):
-#: ``sink_share`` share of the probe pool assigned to t; ``transplant_asr`` mean transplant success over the
-#: budget ladder; ``uap_flip`` flip rate of the ℓ2 universal map; ``map_concentration`` share of the ℓ2
-#: universal map's mass in its top 5 % pixels (a backdoor's universal direction is compact).
-FUSED_STATISTICS: tuple[str, ...] = ("sink_share", "transplant_asr", "uap_flip", "map_concentration")
+#: Statistics fused into the class score (each "higher = more suspicious"): ``transplant_asr`` mean
+#: transplant success over the budget ladder; ``map_concentration`` share of the ℓ2 universal map's mass in
+#: its top 5 % pixels (a backdoor's universal direction is compact); ``shortcut_margin`` mean margin of
+#: held-out inputs pushed by the wide-ball universal perturbation. Chosen on the dev split against the
+#: clean reference models (``bench/calibrate_saliency.py --dev-zoo``), never on the benchmarked zoo.
+FUSED_STATISTICS: tuple[str, ...] = ("transplant_asr", "map_concentration", "shortcut_margin")
 
 _DEFAULTS = {
     "pool": 600,                 # probe inputs drawn from the unrestricted distributions
@@ -87,6 +94,7 @@ _DEFAULTS = {
     "uap_steps": 20,             # universal-map iterations
     "uap_batch": 16,             # fresh samples per universal-map iteration
     "uap_step_size": 0.2,        # step as a fraction of the ball radius
+    "shortcut_radius": 0.5,      # ℓ2 ball radius (RMS per pixel) of the wide universal perturbation
     "percentile": 99.0,          # display scaling of maps
     "init_from_map": True,       # seed the masks with the refined ℓ2 universal map
 }
@@ -108,6 +116,7 @@ class SaliencyDetector(Detector):
     ``budgets`` 0.01,0.03,0.08 mask area ladder; ``starts`` 8 and ``steps`` 50 and ``lr`` 0.1 for the
     mask ladder; ``heldout`` 32 transplant inputs per class; ``uap_radius`` 0.05 (RMS per pixel),
     ``uap_steps`` 20, ``uap_batch`` 16, ``uap_step_size`` 0.2 for the ℓ2 universal map;
+    ``shortcut_radius`` 0.5 (RMS per pixel) for the wide-ball universal perturbation (same steps);
     ``percentile`` 99 display scaling; ``threshold`` 3.5 on the fused class score
     (``--threshold`` overrides).
     """
@@ -160,6 +169,14 @@ class SaliencyDetector(Detector):
             eval_x=held, eval_valid=held_valid, check=context.check_time,
         )
 
+        # 2b. the wide-ball universal perturbation (own sample stream: the small ball's results do not move)
+        g_wide = context.generator("cpu", salt=5)
+        shortcut = core.universal_perturbations(
+            model, k, lambda n: unrestricted_samples(n, shape, g_wide, kinds, data)[0].to(device),
+            radius=float(opt["shortcut_radius"]), steps=int(opt["uap_steps"]), batch=int(opt["uap_batch"]),
+            step_size=float(opt["uap_step_size"]), eval_x=held, eval_valid=held_valid, check=context.check_time,
+        )
+
         # 3. pixel-budget masks, all classes × budgets in one batch
         context.report("compact maps", 0.3)
         start_idx, start_valid = core.pick_other_class_starts(probs, kind, int(opt["starts"]))
@@ -183,17 +200,19 @@ class SaliencyDetector(Detector):
             "transplant_asr": asr.mean(1).cpu().double().numpy(),
             "uap_flip": uap_flip.cpu().double().numpy(),
             "map_concentration": np.array([top_share(uap.rho[t].abs().sum(0), 0.05) for t in range(k)]),
+            "shortcut_margin": torch.nan_to_num(shortcut.margin, nan=0.0).cpu().double().numpy(),
         }
+        shortcut_flip = torch.nan_to_num(shortcut.flip_rate, nan=1.0).cpu().double().numpy()
         rel = {name: relative_to_others(v) for name, v in raw.items()}
         zs = {name: calibrated_z(name, rel[name]) for name in FUSED_STATISTICS}
         score = fused_class_score(zs)
         return self._findings(target, context, opt, budgets, threshold, raw, rel, zs, score, asr, compact,
-                              ladder, binary, uap, kind_sink, held_valid, universal_map)
+                              ladder, binary, uap, kind_sink, held_valid, universal_map, shortcut_flip)
 
     # ----------------------------------------------------------------------------------------------
 
     def _findings(self, target, context, opt, budgets, threshold, raw, rel, zs, score, asr, compact, ladder,
-                  binary, uap, kind_sink, held_valid, universal_map) -> Findings:
+                  binary, uap, kind_sink, held_valid, universal_map, shortcut_flip) -> Findings:
         k = target.num_classes
         pct = float(opt["percentile"])
         asr_np = asr.cpu().double().numpy()
@@ -213,6 +232,8 @@ class SaliencyDetector(Detector):
                 "sink_share": float(raw["sink_share"][t]),
                 "uap_flip": float(raw["uap_flip"][t]),
                 "uap_margin": float(uap.margin[t]),
+                "shortcut_margin": float(raw["shortcut_margin"][t]),
+                "shortcut_flip": float(shortcut_flip[t]),
                 "heldout_outside_class": float(held_valid[t].float().mean()),
                 "transplant_asr": float(asr_np[t].max()),
                 "transplant_asr_mean": float(raw["transplant_asr"][t]),
@@ -256,8 +277,10 @@ class SaliencyDetector(Detector):
             f"the model assigns to other classes toward t: an ℓ2-ball universal perturbation "
             f"(radius {float(opt['uap_radius']):g} RMS, {int(opt['uap_steps'])} integrated steps) and a mask+pattern "
             f"with a pixel budget of {budget_text} of the image ({int(opt['steps'])} Adam steps, binarised). "
-            f"Scored the share of probe inputs falling into t, the universal flip rate, and the transplant success "
-            f"of the recovered region on held-out inputs, each as a z against clean reference models "
+            f"A second universal perturbation in a wide ball (radius {float(opt['shortcut_radius']):g} RMS) measures "
+            f"how hard one pattern drives other inputs into t. Scored the transplant success of the recovered region "
+            f"on held-out inputs, the concentration of the class map and the margin the wide perturbation reaches, "
+            f"each as a z against clean reference models "
             f"(flagged when the mean of a class's two largest z's > {threshold:g})."
         )
         return Findings(
