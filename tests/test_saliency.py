@@ -65,6 +65,26 @@ def test_every_class_has_a_map_and_finite_metrics(clean_result):
         assert all(math.isfinite(v) for v in ev.metrics.values())
 
 
+class _Rescaled(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, factor: float):
+        super().__init__()
+        self.model, self.factor = model, factor
+
+    def forward(self, x):
+        return self.model(x) * self.factor
+
+
+def test_larger_logits_alone_do_not_make_a_clean_model_suspicious(digits_twins, clean_result):
+    """Other training recipes give other logit scales: 10× the logits (same decisions) must not flag.
+
+    (The margin in logit units scored this model 5.3 at 10×, over its threshold; bench/RESULTS.md §3.)"""
+    scaled = replace(digits_twins.clean, model=_Rescaled(digits_twins.clean.model, 10.0).eval())
+    r = create("saliency").run(scaled, RunContext(seed=0))
+    assert r.status == "ok", r.reason
+    assert r.flagged_classes == ()
+    assert max(c.score for c in r.classes) < sal.DEFAULT_THRESHOLD
+
+
 def test_recovered_mask_sits_on_the_planted_patch(trojaned_result, digits_twins):
     """Planted-trigger check: the target's class map puts far more than the box's area share in the box."""
     ev = trojaned_result.classes[digits_twins.target_class]

@@ -16,10 +16,12 @@ All classes are processed in one batch. For every class t:
    perturbation ρ_t that is projected onto an ℓ2 ball after every step. ``uap_flip`` / ``uap_margin``
    measure how well that small universal perturbation sends held-out samples to t; its refined
    magnitude is the class map the report shows.
-   **Shortcut.** The same loop with a wide ball (RMS 0.5 per pixel): ``shortcut_margin`` is the mean
-   margin z_t − max_{j≠t} z_j of held-out other-class samples after adding it. A margin does not
+   **Shortcut.** The same loop with a wide ball (RMS 0.5 per pixel): the mean margin z_t − max_{j≠t} z_j
+   of held-out other-class samples after adding it, divided by the median over classes of |that
+   margin|, is ``shortcut_margin`` ("how many times harder than a typical class"). A margin does not
    saturate the way a flip rate does, and the wide ball reaches whole-image triggers too: a backdoor
-   target is driven much harder by one universal pattern than a clean class is.
+   target is driven much harder by one universal pattern than a clean class is. The ratio makes it
+   blind to the logits' overall scale (a model trained to larger logits is not more suspicious).
 3. **Compact map (pixel-budget ball).** A plain universal perturbation is whole-image and does not
    localise a patch trigger, so a second map adds sparsity pressure: a mask m_t projected onto the
    capped simplex {0 ≤ m ≤ 1, Σm ≤ budget·H·W} (an ℓ1 ball intersected with the box) and a pattern
@@ -63,23 +65,24 @@ from auditor.target import ModelTarget
 # MobileNet ×2; seeds 8000+, disjoint from every benchmarked zoo member and test fixture) — via
 # `python bench/calibrate_saliency.py --zoo bench/zoo/reference --digits-seeds 1-8`, default options, seed 0.
 CALIBRATION: dict[str, tuple[float, float]] = {
-    "transplant_asr": (0.0000, 0.1634),
+    "transplant_asr": (0.0000, 0.1552),
     "map_concentration": (0.0000, 0.0323),
-    "shortcut_margin": (0.0000, 7.3988),
+    "shortcut_margin": (0.0000, 0.3794),
 }
 #: The default decision threshold on the class score (:func:`fused_class_score`): the smallest
 #: half-integer above every clean reference model's largest class score (leave-one-model-out scores:
-#: median 1.7, max 3.1 on a shapes VGG). The dev split's 13 trojaned models (`--dev-zoo bench/zoo/dev`,
-#: never scored by the bench) scored 1.9–23.7, median 5.6; AUROC 0.97 against the clean scores.
-DEFAULT_THRESHOLD = 3.5
+#: median 1.7, max 3.6 on a shapes VGG). The dev split's 13 trojaned models (`--dev-zoo bench/zoo/dev`,
+#: never scored by the bench) scored 1.9–77, median 4.9; AUROC 0.94 against the clean scores.
+DEFAULT_THRESHOLD = 4.0
 #: A class whose score exceeds ``EXTREME_FACTOR × threshold`` is called a backdoor target even when the
 #: transplant check does not reach 50 % (e.g. whole-image triggers that no small region reproduces).
 EXTREME_FACTOR = 2.0
 #: Statistics fused into the class score (each "higher = more suspicious"): ``transplant_asr`` mean
 #: transplant success over the budget ladder; ``map_concentration`` share of the ℓ2 universal map's mass in
 #: its top 5 % pixels (a backdoor's universal direction is compact); ``shortcut_margin`` mean margin of
-#: held-out inputs pushed by the wide-ball universal perturbation. Chosen on the dev split against the
-#: clean reference models (``bench/calibrate_saliency.py --dev-zoo``), never on the benchmarked zoo.
+#: held-out inputs pushed by the wide-ball universal perturbation, in units of the median class's
+#: |margin| (scale-free: bench/RESULTS.md §3). Chosen on the dev split against the clean reference models
+#: (``bench/calibrate_saliency.py --dev-zoo``), never on the benchmarked zoo.
 FUSED_STATISTICS: tuple[str, ...] = ("transplant_asr", "map_concentration", "shortcut_margin")
 
 _DEFAULTS = {
@@ -117,7 +120,7 @@ class SaliencyDetector(Detector):
     mask ladder; ``heldout`` 32 transplant inputs per class; ``uap_radius`` 0.05 (RMS per pixel),
     ``uap_steps`` 20, ``uap_batch`` 16, ``uap_step_size`` 0.2 for the ℓ2 universal map;
     ``shortcut_radius`` 0.5 (RMS per pixel) for the wide-ball universal perturbation (same steps);
-    ``percentile`` 99 display scaling; ``threshold`` 3.5 on the fused class score
+    ``percentile`` 99 display scaling; ``threshold`` 4.0 on the fused class score
     (``--threshold`` overrides).
     """
 
@@ -195,24 +198,26 @@ class SaliencyDetector(Detector):
         # NaN = no held-out input was outside t at all: the class swallows everything, count it as flipped
         asr = torch.nan_to_num(asr, nan=1.0)
         uap_flip = torch.nan_to_num(uap.flip_rate, nan=1.0)
+        shortcut_logits = torch.nan_to_num(shortcut.margin, nan=0.0).cpu().double().numpy()
         raw = {
             "sink_share": sink_share.cpu().double().numpy(),
             "transplant_asr": asr.mean(1).cpu().double().numpy(),
             "uap_flip": uap_flip.cpu().double().numpy(),
             "map_concentration": np.array([top_share(uap.rho[t].abs().sum(0), 0.05) for t in range(k)]),
-            "shortcut_margin": torch.nan_to_num(shortcut.margin, nan=0.0).cpu().double().numpy(),
+            "shortcut_margin": _in_typical_units(shortcut_logits),
         }
         shortcut_flip = torch.nan_to_num(shortcut.flip_rate, nan=1.0).cpu().double().numpy()
         rel = {name: relative_to_others(v) for name, v in raw.items()}
         zs = {name: calibrated_z(name, rel[name]) for name in FUSED_STATISTICS}
         score = fused_class_score(zs)
         return self._findings(target, context, opt, budgets, threshold, raw, rel, zs, score, asr, compact,
-                              ladder, binary, uap, kind_sink, held_valid, universal_map, shortcut_flip)
+                              ladder, binary, uap, kind_sink, held_valid, universal_map, shortcut_flip,
+                              shortcut_logits)
 
     # ----------------------------------------------------------------------------------------------
 
     def _findings(self, target, context, opt, budgets, threshold, raw, rel, zs, score, asr, compact, ladder,
-                  binary, uap, kind_sink, held_valid, universal_map, shortcut_flip) -> Findings:
+                  binary, uap, kind_sink, held_valid, universal_map, shortcut_flip, shortcut_logits) -> Findings:
         k = target.num_classes
         pct = float(opt["percentile"])
         asr_np = asr.cpu().double().numpy()
@@ -233,6 +238,7 @@ class SaliencyDetector(Detector):
                 "uap_flip": float(raw["uap_flip"][t]),
                 "uap_margin": float(uap.margin[t]),
                 "shortcut_margin": float(raw["shortcut_margin"][t]),
+                "shortcut_margin_logits": float(shortcut_logits[t]),
                 "shortcut_flip": float(shortcut_flip[t]),
                 "heldout_outside_class": float(held_valid[t].float().mean()),
                 "transplant_asr": float(asr_np[t].max()),
@@ -279,7 +285,8 @@ class SaliencyDetector(Detector):
             f"with a pixel budget of {budget_text} of the image ({int(opt['steps'])} Adam steps, binarised). "
             f"A second universal perturbation in a wide ball (radius {float(opt['shortcut_radius']):g} RMS) measures "
             f"how hard one pattern drives other inputs into t. Scored the transplant success of the recovered region "
-            f"on held-out inputs, the concentration of the class map and the margin the wide perturbation reaches, "
+            f"on held-out inputs, the concentration of the class map and the margin the wide perturbation reaches "
+            f"(in units of the median class's margin), "
             f"each as a z against clean reference models "
             f"(flagged when the mean of a class's two largest z's > {threshold:g})."
         )
@@ -299,6 +306,12 @@ def relative_to_others(values: np.ndarray) -> np.ndarray:
     """v_t − median_{j≠t} v_j: how much class t stands out inside its own model."""
     values = np.asarray(values, dtype=np.float64)
     return np.array([values[t] - np.median(np.delete(values, t)) for t in range(values.size)])
+
+
+def _in_typical_units(margins: np.ndarray) -> np.ndarray:
+    """Margins divided by the median over classes of |margin|: unchanged when all logits are rescaled."""
+    scale = float(np.median(np.abs(margins)))
+    return margins / scale if scale > 1e-9 else np.zeros_like(margins)
 
 
 def calibrated_z(name: str, relative: np.ndarray) -> np.ndarray:
