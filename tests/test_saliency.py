@@ -74,7 +74,7 @@ class _Rescaled(torch.nn.Module):
         return self.model(x) * self.factor
 
 
-def test_larger_logits_alone_do_not_make_a_clean_model_suspicious(digits_twins, clean_result):
+def test_larger_logits_alone_do_not_make_a_clean_model_suspicious(digits_twins):
     """Other training recipes give other logit scales: 10× the logits (same decisions) must not flag.
 
     (The margin in logit units scored this model 5.3 at 10×, over its threshold; bench/RESULTS.md §3.)"""
