@@ -4,10 +4,11 @@ lies inside the true trigger box, relative to the box's share of the image.
     python bench/saliency_box.py [--zoo bench/zoo] [--clean-per-model 2]
 
 For every scored zoo member with a fixed patch trigger (``trigger_box`` in the manifest), runs the
-detector with its defaults (data-free, seed 0, one thread) and reads the target class's ``class_map``
-evidence image (the refined ℓ2 universal map as shown in the report): box share = map mass inside the
-box / total map mass, enrichment = box share / box area share. The null: clean members of the same
-domain, read at the same box and class index.
+detector with its defaults (data-free, seed 0, one thread) and reads the target class's map evidence
+images — ``--kind class_map`` (the refined ℓ2 universal map, the default), ``compact_map`` (the mask
+ladder) or ``location_map`` (the window scan), or a comma list of them from the same runs: box share =
+map mass inside the box / total map mass, enrichment = box share / box area share. The null: clean
+members of the same domain, read at the same box and class index.
 """
 
 from __future__ import annotations
@@ -49,24 +50,29 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--zoo", type=Path, default=Path(__file__).resolve().parent / "zoo")
     ap.add_argument("--clean-per-model", type=int, default=2)
-    ap.add_argument("--kind", default="class_map", help="evidence image read: class_map (default) or compact_map")
+    ap.add_argument("--kind", default="class_map",
+                    help="evidence image(s) read, comma-separated: class_map (default), compact_map, location_map")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     members = [m for m in json.loads((a.zoo / "manifest.json").read_text())["members"] if m["scored"]]
     cache: dict = {}
-    rows = []
+    kinds = [k.strip() for k in a.kind.split(",") if k.strip()]
+    rows: dict[str, list] = {kind: [] for kind in kinds}
     started = time.monotonic()
     for m in members:
         if not m["trojaned"] or not m.get("trigger_box") or len(m["target_classes"]) != 1:
             continue
         t, box = m["target_classes"][0], m["trigger_box"]
-        share, enrich = box_share(class_map(a.zoo, m, t, cache, a.kind), box)
         clean = [c for c in members if c["domain"] == m["domain"] and not c["trojaned"] and not c["spurious"]]
-        null = [box_share(class_map(a.zoo, c, t, cache, a.kind), box)[1] for c in clean[: a.clean_per_model]]
-        rows.append((m["id"], box, t, share, enrich, float(np.median(null))))
-        print(f"| {m['id']} | {box} | {t} | {share:.3f} | {enrich:.1f}× | {np.median(null):.1f}× |", flush=True)
-    print(f"\nmedian enrichment: trojaned {np.median([r[4] for r in rows]):.1f}×, "
-          f"clean null {np.median([r[5] for r in rows]):.1f}×; {time.monotonic() - started:.0f} s")
+        for kind in kinds:
+            share, enrich = box_share(class_map(a.zoo, m, t, cache, kind), box)
+            null = [box_share(class_map(a.zoo, c, t, cache, kind), box)[1] for c in clean[: a.clean_per_model]]
+            rows[kind].append((m["id"], box, t, share, enrich, float(np.median(null))))
+            print(f"| {kind} | {m['id']} | {box} | {t} | {share:.3f} | {enrich:.1f}× | {np.median(null):.1f}× |", flush=True)
+    for kind in kinds:
+        print(f"\n{kind}: median enrichment: trojaned {np.median([r[4] for r in rows[kind]]):.1f}×, "
+              f"clean null {np.median([r[5] for r in rows[kind]]):.1f}×")
+    print(f"{time.monotonic() - started:.0f} s")
     return 0
 
 

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from auditor.detectors import saliency as sal
-from auditor.detectors._saliency_core import hard_top_k, pick_other_class_starts, project_capped_simplex
+from auditor.detectors._saliency_core import (
+    WindowScan,
+    hard_top_k,
+    pick_other_class_starts,
+    project_capped_simplex,
+    window_boxes,
+)
 from auditor.detectors.base import RunContext, count_hooks, create
 from auditor.sampling import SAMPLER_KINDS, unrestricted_samples
 
@@ -41,7 +47,14 @@ def test_flags_the_trojaned_target_and_its_trigger_transplants(trojaned_result, 
     # the wide universal perturbation drives the target harder than any clean class
     assert ev.metrics["shortcut_margin"] == max(c.metrics["shortcut_margin"] for c in r.classes)
     kinds = [img.kind for img in ev.images]
-    assert {"class_map", "trigger", "mask"} <= set(kinds)
+    assert {"class_map", "location_map", "trigger", "mask"} <= set(kinds)
+    # the position-agnostic window scan finds a small window that carries the backdoor, on this model
+    # the one over the planted bottom-right patch
+    assert ev.metrics["window_flip"] >= 0.5
+    assert ev.metrics["window_flip"] > max(c.metrics["window_flip"] for c in r.classes if c.index != target)
+    t, l, b, rgt = digits_twins.trigger.box(28, 28)
+    top, left, side = (int(ev.metrics[k]) for k in ("window_top", "window_left", "window_side"))
+    assert top < b and t < top + side and left < rgt and l < left + side
     assert r.model_score > 0.5
     assert "pixel budget" in r.description and "ℓ2" in r.description
 
@@ -138,6 +151,21 @@ def test_capped_simplex_projection_and_top_k():
     assert torch.all(p.sum(-1) <= budget + 1e-4)
     hard = hard_top_k(p, torch.tensor([1, 5, 20]).view(1, 3).expand(4, 3))
     assert hard.sum(-1).tolist() == [[1.0, 5.0, 20.0]] * 4
+
+
+def test_window_grid_reaches_the_far_edges_and_the_location_map_marks_the_best_window():
+    boxes = window_boxes(28, 28, side=6, stride=3)
+    starts = sorted({int(v) for v in boxes[:, 0]})
+    assert starts == [0, 3, 6, 9, 12, 15, 18, 21, 22]
+    assert int(boxes[:, 2].max()) == 28 and int(boxes[:, 3].max()) == 28
+    margin = torch.zeros((2, len(boxes)))
+    corner = int(((boxes[:, 0] == 22) & (boxes[:, 1] == 22)).nonzero()[0, 0])
+    margin[1, corner] = 3.0
+    scan = WindowScan(margin, boxes, torch.zeros((2, 1, 28, 28)), torch.zeros(2, dtype=torch.long),
+                      torch.zeros(2), torch.zeros(2))
+    heat = scan.heat(28, 28)
+    assert float(heat[0].abs().max()) == 0.0                     # no window stands out: an empty map
+    assert float(heat[1].sum()) > 0 and float(heat[1, 22:, 22:].sum()) == pytest.approx(float(heat[1].sum()))
 
 
 def test_starts_avoid_the_class_itself():

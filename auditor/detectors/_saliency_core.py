@@ -233,6 +233,14 @@ def paste_success(model: nn.Module, masks: torch.Tensor, patterns: torch.Tensor,
     ``x`` is either shared held-out inputs (N, C, H, W) — then inputs the model already assigns to t
     are left out of class t's rate — or per-class inputs (K, N, C, H, W) with ``valid`` (K, N) saying
     which of them count. A class with no countable input gets NaN."""
+    return paste_outcome(model, masks, patterns, x, valid)[0]
+
+
+@torch.no_grad()
+def paste_outcome(model: nn.Module, masks: torch.Tensor, patterns: torch.Tensor, x: torch.Tensor,
+                  valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`paste_success` and, from the same forward passes, the (K, L) mean margin
+    z_t − max_{j≠t} z_j of the countable pasted inputs (a flip rate saturates at 0 and 1, a margin does not)."""
     k, lvl, h, w = masks.shape
     per_class = x.dim() == 5
     xs = x if per_class else x[None].expand(k, *x.shape)
@@ -244,13 +252,16 @@ def paste_success(model: nn.Module, masks: torch.Tensor, patterns: torch.Tensor,
         start = batched_logits(model, x).argmax(1)
         keep = (start[None, :] != targets[:, None]).float()
     rates = torch.empty((k, lvl), device=x.device)
+    mean_margin = torch.empty((k, lvl), device=x.device)
+    t_rep = targets.repeat_interleave(n)
     for level in range(lvl):  # one level at a time keeps memory at K·N images
         m = masks[:, level, None, None]                                        # (K, 1, 1, H, W)
         p = patterns[:, level, None]                                           # (K, 1, C, H, W)
-        pasted = ((1 - m) * xs + m * p).flatten(0, 1)
-        hit = (batched_logits(model, pasted).argmax(1).view(k, n) == targets[:, None]).float()
+        logits = batched_logits(model, ((1 - m) * xs + m * p).flatten(0, 1))
+        hit = (logits.argmax(1).view(k, n) == targets[:, None]).float()
         rates[:, level] = (hit * keep).sum(1) / keep.sum(1)
-    return rates  # NaN where keep is all zero
+        mean_margin[:, level] = (margins(logits, t_rep).view(k, n) * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+    return rates, mean_margin  # rates NaN where keep is all zero
 
 
 def window_concentration(masks: torch.Tensor, budgets: tuple[float, ...], widen: float = 2.0) -> torch.Tensor:
@@ -266,3 +277,90 @@ def window_concentration(masks: torch.Tensor, budgets: tuple[float, ...], widen:
         inside = F.avg_pool2d(m, side, stride=1) * side * side                 # (K, 1, h', w')
         out[:, level] = inside.flatten(1).amax(1) / m.flatten(1).sum(1).clamp_min(1e-9)
     return out
+
+
+@dataclass(frozen=True)
+class WindowScan:
+    """Per class, one universal pattern pasted through every square window of a grid: where it drives
+    other inputs hardest into t."""
+
+    margin: torch.Tensor       # (K, P) mean margin of the screening inputs, per window
+    boxes: torch.Tensor        # (P, 4) top, left, bottom, right of every window
+    patterns: torch.Tensor     # (K, C, H, W) full-image pattern; window w pastes its own crop of it
+    best: torch.Tensor         # (K,) index of the best finalist window
+    best_margin: torch.Tensor  # (K,) its mean margin on all countable evaluation inputs
+    best_flip: torch.Tensor    # (K,) the share of them it sends to t (NaN: none countable)
+
+    def heat(self, h: int, w: int) -> torch.Tensor:
+        """(K, H, W) location map: each window's margin above the class's median window, spread over the
+        window's pixels and averaged where windows overlap. Where a universal patch works, not what it is."""
+        masks = box_masks(self.boxes, h, w).to(self.margin.device)                    # (P, H, W)
+        excess = (self.margin - self.margin.median(dim=1, keepdim=True).values).clamp_min(0)
+        return torch.einsum("kp,phw->khw", excess, masks) / masks.sum(0).clamp_min(1.0)
+
+
+def window_boxes(h: int, w: int, side: int, stride: int) -> torch.Tensor:
+    """(P, 4) square windows of ``side`` on a ``stride`` grid that always includes the far edges."""
+    def starts(n: int) -> list[int]:
+        last = max(0, n - side)
+        out = list(range(0, last + 1, max(1, stride)))
+        return out if out[-1] == last else [*out, last]
+
+    return torch.tensor([(t, l, t + side, l + side) for t in starts(h) for l in starts(w)], dtype=torch.long)
+
+
+def box_masks(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(P, H, W) binary masks of (P, 4) top/left/bottom/right boxes."""
+    ys = torch.arange(h).view(1, h, 1)
+    xs = torch.arange(w).view(1, 1, w)
+    t, l, b, r = (boxes[:, i].view(-1, 1, 1) for i in range(4))
+    return ((ys >= t) & (ys < b) & (xs >= l) & (xs < r)).float()
+
+
+def window_scan(
+    model: nn.Module, starts: torch.Tensor, valid: torch.Tensor, eval_x: torch.Tensor, eval_valid: torch.Tensor,
+    *, side: int, stride: int, steps: int, lr: float, generator: torch.Generator, check: Check,
+    screen: int = 8, finalists: int = 4,
+) -> WindowScan:
+    """Search every window position for a patch trigger of class t, without a location prior.
+
+    One full-image pattern per class is optimised while, at every step, each start sample (K, B, C, H, W)
+    gets the pattern pasted through a *randomly placed* window (a position-agnostic patch attack); then
+    every window is screened with its own crop of the pattern on the first ``screen`` held-out inputs of
+    each class (K, N, C, H, W), and the ``finalists`` best windows are measured on all of them. It reaches
+    patch backdoors that the mask ladder, seeded from a diffuse ℓ2 map, misses (on the dev split: a
+    large-patch ViT), and says where on the image a small patch works."""
+    k, b, c, h, w = starts.shape
+    device = starts.device
+    boxes = window_boxes(h, w, side, stride)
+    masks = box_masks(boxes, h, w).to(device)                                   # (P, H, W)
+    p_count = len(boxes)
+    pattern_logit = (2 * torch.rand((k, c, h, w), generator=generator) - 1).to(device).requires_grad_(True)
+    opt = torch.optim.Adam([pattern_logit], lr=lr, betas=(0.5, 0.9))
+    targets = torch.arange(k, device=device).repeat_interleave(b)
+    weight = valid.float().reshape(-1)
+    weight = weight / weight.sum().clamp_min(1.0)
+    for _ in range(steps):
+        check()
+        pick = torch.randint(0, p_count, (k, b), generator=generator).to(device)
+        m = masks[pick][:, :, None]                                              # (K, B, 1, H, W)
+        p = torch.sigmoid(pattern_logit)[:, None]                                # (K, 1, C, H, W)
+        opt.zero_grad(set_to_none=True)
+        for ks in class_chunks(k, b):
+            x = (1 - m[ks]) * starts[ks] + m[ks] * p[ks]
+            rows = slice(ks.start * b, ks.stop * b)
+            loss = (F.cross_entropy(model(x.reshape(-1, c, h, w)), targets[rows], reduction="none") * weight[rows]).sum()
+            loss.backward()
+        opt.step()
+    patterns = torch.sigmoid(pattern_logit.detach())
+    # every window is a one-level "mask ladder" shared by all classes: reuse the paste evaluation
+    screen_x, screen_valid = eval_x[:, :screen], eval_valid[:, :screen]
+    margin = torch.empty((k, p_count), device=device)
+    for i in range(p_count):
+        margin[:, i] = paste_outcome(model, masks[i].expand(k, 1, h, w), patterns[:, None], screen_x, screen_valid)[1][:, 0]
+    top = margin.topk(min(finalists, p_count), dim=1).indices                     # (K, R)
+    rates, final_margin = paste_outcome(model, masks[top], patterns[:, None].expand(k, top.shape[1], c, h, w),
+                                        eval_x, eval_valid)                           # (K, R) each
+    pick = final_margin.argmax(1, keepdim=True)
+    return WindowScan(margin, boxes, patterns, top.gather(1, pick)[:, 0], final_margin.gather(1, pick)[:, 0],
+                      rates.gather(1, pick)[:, 0])

@@ -34,12 +34,13 @@ from auditor.spec import InputSpec
 from auditor.target import ModelTarget
 
 Rerun = Callable[[ModelTarget, RunContext], DetectorResult]
-CLASS_MAP = "class_map"
+#: Evidence kinds that are maps of where the model looks (each gets a badge).
+MAP_KINDS = ("class_map", "location_map")
 
 
 def attach_badges(result: DetectorResult, target: ModelTarget, context: RunContext, *,
                   rerun: Rerun | None = None, grid: int = 2) -> DetectorResult:
-    """A copy of ``result`` whose ``class_map`` evidence images carry
+    """A copy of ``result`` whose map evidence images (:data:`MAP_KINDS`) carry
     ``fidelity = {"difull_L": …, "randomisation_rho": …}``.
 
     ``rerun(target, context)`` runs the detector again (default: the registered detector of the same
@@ -71,11 +72,11 @@ def attach_badges(result: DetectorResult, target: ModelTarget, context: RunConte
         grid_ev = _class(difull, ev.index)
         images = tuple(
             badge(img, _nth_map(rand_ev.images if rand_ev else (), pos), _nth_map(grid_ev.images if grid_ev else (), pos))
-            if img.kind == CLASS_MAP else img
+            if img.kind in MAP_KINDS else img
             for img, pos in zip(ev.images, _map_positions(ev.images)))
         classes.append(replace(ev, images=images))
     top = tuple(
-        badge(img, _nth_map(randomised.images, pos), _nth_map(difull.images, pos)) if img.kind == CLASS_MAP else img
+        badge(img, _nth_map(randomised.images, pos), _nth_map(difull.images, pos)) if img.kind in MAP_KINDS else img
         for img, pos in zip(result.images, _map_positions(result.images)))
     new = replace(result, classes=tuple(classes), images=top)
     ls, rhos = [], []
@@ -99,19 +100,19 @@ def _has_class_maps(result: DetectorResult) -> bool:
 
 def _all_maps(result: DetectorResult):
     for img in result.images:
-        if img.kind == CLASS_MAP:
+        if img.kind in MAP_KINDS:
             yield img
     for ev in result.classes:
         for img in ev.images:
-            if img.kind == CLASS_MAP:
+            if img.kind in MAP_KINDS:
                 yield img
 
 
 def _map_positions(images) -> list[int]:
-    """For each image, its index among the class maps of the same tuple (-1 for other kinds)."""
+    """For each image, its index among the maps (:data:`MAP_KINDS`) of the same tuple (-1 for other kinds)."""
     out, seen = [], 0
     for img in images:
-        if img.kind == CLASS_MAP:
+        if img.kind in MAP_KINDS:
             out.append(seen)
             seen += 1
         else:
@@ -120,7 +121,7 @@ def _map_positions(images) -> list[int]:
 
 
 def _nth_map(images, pos: int) -> EvidenceImage | None:
-    maps = [i for i in images if i.kind == CLASS_MAP]
+    maps = [i for i in images if i.kind in MAP_KINDS]
     return maps[pos] if 0 <= pos < len(maps) else None
 
 
