@@ -192,8 +192,13 @@ def prior() -> None:
               help="C,H,W of the classifier's input (≤ 64 px); read from the .npz when omitted.")
 @click.option("--steps", type=int, default=2000, show_default=True, envvar="AUDITOR_STEPS", show_envvar=True)
 @click.option("--seed", type=int, default=0, show_default=True, envvar="AUDITOR_SEED", show_envvar=True)
+@click.option("--context-share", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Share of training images given a random frame or texture, so that the prior can draw "
+                   "those spurious-feature families when a classifier rewards them (default 0.4; 0: the images "
+                   "as they are).")
 @click.option("--debug", is_flag=True, default=False, help="Tracebacks on errors.")
-def prior_train(data_path: str, out_dir: str, input_shape: str | None, steps: int, seed: int, debug: bool) -> None:
+def prior_train(data_path: str, out_dir: str, input_shape: str | None, steps: int, seed: int,
+                context_share: float | None, debug: bool) -> None:
     """Train a small diffusion prior on your own clean images (CPU-feasible up to 64 px)."""
     import numpy as np
 
@@ -219,7 +224,8 @@ def prior_train(data_path: str, out_dir: str, input_shape: str | None, steps: in
             if task is not None:
                 observer.progress.update(task, completed=step, description=f"training prior (loss {loss:.4f})")
 
-        train_prior(samples.x, out_dir, steps=steps, resume=True, progress=report, seed=seed)
+        extra = {} if context_share is None else {"context_share": context_share}
+        train_prior(samples.x, out_dir, steps=steps, resume=True, progress=report, seed=seed, **extra)
     _err(f"prior written to {out_dir}; use it with --option diffusion.prior={out_dir}")
     sys.exit(EXIT_CLEAN)
 

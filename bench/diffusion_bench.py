@@ -106,15 +106,21 @@ def main() -> None:
 
         zoo_dir = Path(args.zoo_dir)
         manifest = json.loads((zoo_dir / "manifest.json").read_text())
-        wanted = set(args.zoo.split(","))
-        for m in manifest["members"]:
+        wanted = args.zoo.split(",")
+        # kinds first, then ids in the order given (so a long run measures what matters first)
+        order = {name: i for i, name in enumerate(wanted)}
+        members = sorted(manifest["members"], key=lambda m: min(
+            order.get(m["id"], len(order)),
+            order.get("spurious" if m["spurious"] else "trojaned" if m["trojaned"] else "clean", len(order))))
+        for m in members:
             kind = "spurious" if m["spurious"] else ("trojaned" if m["trojaned"] else "clean")
             if m["id"] not in wanted and kind not in wanted:
                 continue
             if m["id"] in done or m["domain"] == "points":
                 continue
             target = load_model(zoo_dir / m["file"])
-            truth = m["spurious_class"] if m["spurious"] else (m["target_classes"][0] if m["trojaned"] else None)
+            # all-to-all models have no single target class
+            truth = m["spurious_class"] if m["spurious"] else (m["target_classes"] or [None])[0] if m["trojaned"] else None
             t0 = time.monotonic()
             r = det.run(target, RunContext(seed=0, options=options))
             rows.append(summarise(m["id"], kind + ("/" + m["attack"] if m["trojaned"] else ""), r, truth,

@@ -6,7 +6,8 @@
     python bench/diffusion_calibrate.py bench/diffusion_reference.json
 
 The null of a candidate feature is, per clean model, the largest flip rate any class reaches with it
-(a frame only where it passes the moved-inward control, as the detector counts it). The threshold is
+(a frame only where it passes the moved-inward control, a texture only where it passes the plain-noise
+control, as the detector counts them). The threshold is
 the largest null over the reference models plus ``--margin``, never below ``--floor`` (the detector's
 uncalibrated ``min_flip``). A threshold above 1 means the candidate cannot be told from what clean
 models of that domain do; the detector then reports it without flagging. Written into each bundled
@@ -27,12 +28,15 @@ sys.path.insert(0, str(ROOT))
 from auditor.diffusion.generators import available_priors  # noqa: E402
 
 BORDER_LOSS = 0.5  # the detector's default border_loss
+TEXTURE_LOSS = 0.5  # and texture_loss
 
 
 def null_of(row: dict) -> dict[str, float]:
     flips = row["class_flips"].values()
     frame = [c["frame"] for c in flips if c["frame_moved_inward"] <= BORDER_LOSS * c["frame"]]
-    return {"frame": max(frame, default=0.0), "background texture": max(c["background_texture"] for c in flips)}
+    texture = [c["background_texture"] for c in flips
+               if c.get("texture_as_noise", 0.0) <= TEXTURE_LOSS * c["background_texture"]]
+    return {"frame": max(frame, default=0.0), "background texture": max(texture, default=0.0)}
 
 
 def main() -> None:
@@ -44,7 +48,8 @@ def main() -> None:
     rows = [r for r in json.loads(args.rows.read_text()) if r["status"] == "ok" and r["kind"] == "clean"]
     manifest = json.loads((ROOT / "bench" / "zoo" / "reference" / "manifest.json").read_text())
     shape_of = {m["id"]: tuple(m["input_shape"]) for m in manifest["members"]}
-    out = {"margin": args.margin, "floor": args.floor, "border_loss": BORDER_LOSS, "priors": {}}
+    out = {"margin": args.margin, "floor": args.floor, "border_loss": BORDER_LOSS, "texture_loss": TEXTURE_LOSS,
+           "priors": {}}
     for info in available_priors():
         mine = [r for r in rows if shape_of.get(r["id"]) == tuple(info.input_shape)]
         if not mine:

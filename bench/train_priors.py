@@ -41,16 +41,20 @@ def main() -> None:
     ap.add_argument("name", choices=["digits", "shapes"])
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--finalise", action="store_true")
+    ap.add_argument("--out", type=Path, default=None, help="default: auditor/assets/priors/<name>")
+    ap.add_argument("--context-share", type=float, default=None,
+                    help="share of training images given a random frame or texture (default: the library's)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    out = ROOT / "auditor" / "assets" / "priors" / args.name
+    out = args.out or ROOT / "auditor" / "assets" / "priors" / args.name
     started = time.monotonic()
 
     def progress(step: int, steps: int, loss: float) -> None:
         if step % 100 == 0 or step == steps:
             print(f"{args.name} step {step}/{steps} loss {loss:.4f} {time.monotonic() - started:.0f}s", flush=True)
 
-    train_prior(load(args.name), out, steps=args.steps, progress=progress, name=args.name)
+    extra = {} if args.context_share is None else {"context_share": args.context_share}
+    train_prior(load(args.name), out, steps=args.steps, progress=progress, name=args.name, **extra)
     if args.finalise:
         drop_training_state(out)
     print(f"done in {time.monotonic() - started:.0f}s -> {out}", flush=True)

@@ -193,6 +193,7 @@ def test_prior_train_writes_a_resumable_prior(tmp_path):
                        "--steps", "4")
         assert proc.returncode == 0, proc.stderr
     meta = json.loads((tmp_path / "prior" / "prior.json").read_text())
-    assert meta and (tmp_path / "prior" / "unet").is_dir()
+    assert meta["steps_done"] == 4 and (tmp_path / "prior" / "unet").is_dir()
+    assert meta["context_share"] == 0.4                   # the default: frames and textures mixed in
     bad = auditor("prior", "train", "--data", str(tmp_path), "--out", str(tmp_path / "p2"))
     assert bad.returncode == 2 and "--input-shape" in bad.stderr

@@ -106,11 +106,13 @@ def test_bundled_prior_singles_out_planted_frame_class():
     options = {"per_class": "4", "iterations": "15", "fidelity_stages": "1", "fidelity_per_class": "1"}
     result = create("diffusion").run(target, RunContext(seed=0, options=options))
     assert result.status == "ok", result.reason
-    # The transplant of the spurious class's frame flips more other-class inputs than any other class's.
-    # (Whether it also passes the default min_flip 0.5 is a bench figure: not reached on every model.)
+    # The transplant of the spurious class's frame flips more other-class inputs than any other class's,
+    # past the prior's calibrated threshold, and nothing else is flagged.
     flips = [c.metrics["flip_rate"] for c in result.classes]
     assert max(range(len(flips)), key=flips.__getitem__) == spurious_class, flips
+    assert tuple(result.flagged_classes) == (spurious_class,), flips
     evidence = result.classes[spurious_class]
+    assert any("context images" in picture.caption for picture in evidence.images)
     assert evidence.metrics["flip_rate_frame"] >= evidence.metrics["flip_rate_background_texture"]
     assert "frame" in evidence.description
     assert evidence.flagged == (evidence.metrics["flip_rate"] >= evidence.metrics["flip_threshold"])
@@ -160,6 +162,41 @@ def test_frame_control_tells_a_border_feature_from_an_object_drawn_by_a_ring():
     assert anywhere.flip["frame"][1] == 1.0 and anywhere.frame_control[1] == 1.0
 
 
+class _Stripes(torch.nn.Module):
+    """Class 1 when the image correlates with diagonal stripes of period 4: one texture, nothing else."""
+
+    def forward(self, x):
+        from auditor.synthetic.spurious import TextureFeature
+
+        pattern = TextureFeature(period=4).stripes(*x.shape[-2:]).to(x)
+        score = (x * pattern).mean((1, 2, 3)).abs() * 20
+        return torch.stack([torch.full_like(score, 0.5), score], 1)
+
+
+class _FineDetail(torch.nn.Module):
+    """Class 1 when there is enough fine detail, of any kind: energy, not a texture."""
+
+    def forward(self, x):
+        from auditor.diffusion.readout import high_pass
+
+        score = high_pass(x).pow(2).mean((1, 2, 3)) * 200
+        return torch.stack([torch.full_like(score, 0.5), score], 1)
+
+
+def test_texture_control_tells_a_texture_from_a_class_that_takes_any_fine_detail():
+    from auditor.diffusion.readout import intervene
+    from auditor.synthetic.spurious import TextureFeature
+
+    striped = (0.5 + 0.3 * TextureFeature(period=4).stripes(28, 28)).expand(2, 4, 1, 28, 28).clone()  # (K=2, N=4)
+    striped[0] = 0.5                                                                                  # class 0: flat
+    others = torch.full((32, 1, 28, 28), 0.5)
+    labels = torch.zeros(32, dtype=torch.long)
+    texture = intervene(_Stripes(), striped, others, labels, 2, torch.Generator().manual_seed(0))
+    assert texture.flip["background texture"][1] == 1.0 and texture.texture_control[1] == 0.0
+    detail = intervene(_FineDetail(), striped, others, labels, 2, torch.Generator().manual_seed(0))
+    assert detail.flip["background texture"][1] == 1.0 and detail.texture_control[1] == 1.0
+
+
 def test_inward_frame_keeps_the_ring_width_around_the_central_box():
     from auditor.diffusion.readout import FRAME_CONTROL, ring_mask, transplant
 
@@ -170,6 +207,26 @@ def test_inward_frame_keeps_the_ring_width_around_the_central_box():
         outside[inset:-inset, inset:-inset] = False
         assert float(moved[outside].sum()) == 0.0
         assert torch.equal(moved[inset:-inset, inset:-inset].bool(), ring_mask(28 - 2 * inset, 28 - 2 * inset, 2))
+
+
+def test_context_variations_teach_the_prior_frames_and_textures_it_never_saw_on_clean_images():
+    from auditor.diffusion.prior import add_context
+
+    x = torch.full((400, 3, 32, 32), 0.5)
+    out = add_context(x, torch.Generator().manual_seed(0), 0.5)
+    changed = (out != x).flatten(1).any(1)
+    assert 0.4 < float(changed.float().mean()) < 0.6
+    centre_kept = (out[..., 4:-4, 4:-4] == 0.5).flatten(1).all(1)
+    framed, textured = changed & centre_kept, changed & ~centre_kept
+    assert int(framed.sum()) > 60 and int(textured.sum()) > 60
+    # a frame: the outer pixel ring is one colour; its width varies
+    assert all(len(torch.unique(img[:, 0, :].T, dim=0)) == 1 for img in out[framed])
+    widths = {int((img[0, 16, :16] != 0.5).sum()) for img in out[framed]}
+    assert len(widths) >= 3
+    # textures are stripes or checks of several periods and contrasts, over the whole image
+    contrasts = {round(float(img.max() - img.min()), 2) for img in out[textured]}
+    assert len(contrasts) > 10
+    assert torch.equal(add_context(x, torch.Generator().manual_seed(0), 0.0), x)
 
 
 def test_texture_transplant_keeps_stripes_and_scrambles_outlines():
@@ -214,3 +271,14 @@ def test_thresholds_come_from_the_prior_calibration_unless_the_user_sets_one(dig
     user = create("diffusion").run(digits_twins.clean, RunContext(seed=0, options=options, threshold=0.05))
     assert all(c.metrics["flip_threshold"] == 0.05 for c in user.classes)
     assert all(c.flagged == (c.metrics["flip_rate"] >= 0.05) for c in user.classes)
+
+
+def test_class_objectives_reward_the_class_and_only_cross_entropy_saturates():
+    from auditor.detectors.diffusion import class_loss
+
+    labels = torch.tensor([0, 0])
+    logits = torch.tensor([[20.0, 0.0, 1.0], [40.0, 0.0, 1.0]])        # the class already wins, by more below
+    ce, logit, margin = (class_loss(logits, labels, o) for o in ("cross_entropy", "logit", "margin"))
+    assert float(ce[1]) <= float(ce[0]) < 1e-8                         # nothing left to gain
+    assert float(logit[1] - logit[0]) == -20.0 and float(margin[1] - margin[0]) == -20.0
+    assert margin.tolist() == [-19.0, -39.0]

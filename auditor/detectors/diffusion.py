@@ -6,13 +6,22 @@ N images per class, all classes in one batch, from seeded initial noise. The gen
 project's bundled prior matching the model's input shape (initial latent of a deterministic few-step
 DDIM sampler) or a local diffusers text-to-image pipeline (soft-prompt embeddings).
 
+Context probe: plain class maximisation draws the object first and stops once the class wins, so a
+frame or background the model also uses seldom appears in those images. A second set of images per
+class is therefore optimised through the same generator so that their *context alone* carries the
+class: their outer ring, or their phase-randomised background texture, pasted onto unoptimised prior
+samples the model puts elsewhere, must send those to the class. The prior can render such context
+because it was trained with random frames and textures mixed in (``auditor.diffusion.prior``).
+
 Read-out: what the class's images share that is not the object (frame / background texture, border
 vs centre energy, colour and texture statistics against the other classes' images; concept words
-ranked by CLIP with a local pipeline), each candidate confirmed by intervention: transplanted, image
-by image, onto other-class inputs, the flip rate says whether the model really uses it (the best image
-is chosen on one half of the inputs and measured on the other). A frame must be a feature of the
-border: pasted as a ring around the central box it has to lose most of its effect, which rules out
-objects drawn by a ring. A class whose candidate flips held-out other-class inputs at a rate that
+ranked by CLIP with a local pipeline), each candidate confirmed by intervention: the context images'
+frame and texture are transplanted, image by image, onto other-class inputs the probe never saw, and
+the flip rate says whether the model really uses them (the best image is chosen on one half of the
+inputs and measured on the other). A frame must be a feature of the border: pasted as a ring around
+the central box it has to lose most of its effect, which rules out objects drawn by a ring. A texture
+must be a texture: replaced by plain noise of the same energy it has to lose most of its effect, which
+rules out a class that takes any fine detail. A class whose candidate flips held-out other-class inputs at a rate that
 reaches the candidate's threshold gets the role "spurious feature". The thresholds of a bundled prior
 are calibrated on clean reference models of its domain (``bench/diffusion_calibrate.py``, stored in
 the prior's ``prior.json``); without calibration, or when the user sets one, ``min_flip`` applies.
@@ -64,8 +73,8 @@ from auditor.target import ModelTarget
     needs_data=False,
     prefers_gpu=True,
     modalities=("image",),
-    # opt-in (--detectors diffusion): on the zoo it finds the spurious class on 0 of 4 spurious models
-    # (bench/RESULTS.md §5), so it does not vote in the default verdict
+    # opt-in (--detectors diffusion): on the zoo it finds the spurious class on 2 of 4 spurious models
+    # (both found ones are frames; bench/RESULTS.md §5), so it does not vote in the default verdict
     default=False,
 )
 class DiffusionProbe(Detector):
@@ -77,10 +86,13 @@ class DiffusionProbe(Detector):
     ``per_class`` (8 images), ``iterations`` (20 Adam steps), ``lr`` (0.1 for the prior's latent,
     0.01 for prompt embeddings), ``sampler_steps`` (6 DDIM steps through a prior — with 4 the shapes
     prior's images lacked the planted frame of a dev model; 4 through a pipeline), ``latent_weight``
-    (1.0, keeps the latent on the Gaussian shell), ``ring`` (0 = max(2, H/14) px frame width),
+    (1.0, keeps the latent on the Gaussian shell), ``objective`` (cross_entropy; logit or margin keep
+    pushing past a won class), ``context_per_class`` (2 context images per class and candidate; 0
+    reads the candidates off the class-maximising images instead), ``ring`` (0 = max(2, H/14) px frame width),
     ``min_flip`` (the prior's calibrated thresholds, else 0.5; ``--threshold`` overrides, for every
     candidate), ``border_loss`` (0.5: a frame counts only if, moved inward, it keeps at most this
-    share of its flip rate), ``min_confidence`` (0.5) and ``min_coverage`` (0.2): a prior
+    share of its flip rate), ``texture_loss`` (0.5: a texture counts only if, replaced by plain
+    high-pass noise of the same energy, it keeps at most this share), ``min_confidence`` (0.5) and ``min_coverage`` (0.2): a prior
     picked by input shape must give unoptimised samples that the model recognises (mean top softmax)
     and spreads over this share of its classes, else the probe is skipped; ``fidelity_stages`` (2),
     ``fidelity_per_class`` (2),
@@ -109,12 +121,17 @@ class DiffusionProbe(Detector):
         lr = float(context.option("lr", 0.01 if pipeline else 0.1))
         steps = int(context.option("sampler_steps", 4 if pipeline else 6))
         latent_weight = float(context.option("latent_weight", 1.0))
+        objective = str(context.option("objective", "cross_entropy"))
+        context_per_class = int(context.option("context_per_class", 2))
+        if objective not in OBJECTIVES:
+            raise ValueError(f"diffusion.objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         user_flip = context.threshold if context.threshold is not None else context.option("min_flip", None)
         min_flip = float(user_flip) if user_flip is not None else 0.5
         n_stages = int(context.option("fidelity_stages", 1 if fast else 2))
         fid_per_class = min(per_class, int(context.option("fidelity_per_class", 1 if fast else 2)))
         prior_rho = float(context.option("prior_rho", 0.9))
         border_loss = float(context.option("border_loss", 0.5))
+        texture_loss = float(context.option("texture_loss", 0.5))
         # clean reference models of the priors' domains: confidence ≥ 0.70, coverage ≥ 0.3; models of a
         # foreign domain measured 0.19–0.50 (bench/RESULTS.md §5)
         min_coverage = float(context.option("min_coverage", 0.2))
@@ -147,7 +164,8 @@ class DiffusionProbe(Detector):
                 f"--option diffusion.prior=PRIOR_DIR")
 
         context.report("optimising conditioning", 0.0)
-        images, cond = optimise(gen, target.model, init, labels, iterations, lr, latent_weight, context, 0.0, 0.6)
+        images, cond = optimise(gen, target.model, init, labels, iterations, lr, latent_weight, context, 0.0, 0.6,
+                                objective)
         pred = target.logits(images).argmax(1).cpu()
         per = images.view(k, per_class, c, h, w).cpu()
         activation = (pred.view(k, per_class) == torch.arange(k)[:, None]).float().mean(1).numpy()
@@ -162,13 +180,23 @@ class DiffusionProbe(Detector):
             others, other_labels = images.detach(), labels.cpu()
             inputs_source = "the other classes' generated images"
         stats = class_statistics(per, ring)
+        sources = {cand: per for cand in CANDIDATES}
+        if context_per_class > 0:
+            # the context probe: images whose frame / background texture alone, pasted onto other-class
+            # inputs (unoptimised prior samples, not the measured ones), maximises the class
+            context.report("context probe", 0.62)
+            sources = probe_context(gen, target.model, k, context_per_class, start_images, ring, iterations, lr,
+                                    latent_weight, context)
         found = intervene(target.model, per.to(device), others, other_labels, ring,
-                          context.generator("cpu", salt=4))
+                          context.generator("cpu", salt=4), sources={c: v.to(device) for c, v in sources.items()})
         # a frame counts only when it is a feature of the border: moved inward it must lose at least half
         # its effect (an object drawn by a ring, such as a hollow square, keeps it)
         frame_ok = found.frame_control <= border_loss * found.flip["frame"]
+        # and a texture only when it is a texture: replaced by plain noise of the same energy it must lose at
+        # least half its effect (a class that takes any fine detail, such as the edge-richest shape, keeps it)
+        texture_ok = found.texture_control <= texture_loss * found.flip["background texture"]
         usable = {"frame": np.where(frame_ok, found.flip["frame"], 0.0),
-                  "background texture": found.flip["background texture"]}
+                  "background texture": np.where(texture_ok, found.flip["background texture"], 0.0)}
         # thresholds per candidate: the prior's calibration on clean reference models of its domain
         # unless the user set one; above 1 the candidate cannot be told from what clean models do
         thresholds = {cand: min_flip for cand in CANDIDATES}
@@ -192,16 +220,17 @@ class DiffusionProbe(Detector):
         context.report("randomisation check", 0.7)
         fidelity, fid_text = randomisation_check(
             gen, target, init, labels, images, start_images, per_class, fid_per_class, n_stages,
-            iterations, lr, latent_weight, prior_rho, context,
+            iterations, lr, latent_weight, prior_rho, context, objective,
         )
 
+        source_name = "context image" if context_per_class > 0 else "image"
         classes = []
         for t in range(k):
             flagged = bool(best_ratio[t] >= 1.0)
             cand = CANDIDATES[int(best_cand[t])]
             src = int(found.source[cand][t])
             caption = (f"{per_class} images maximising '{target.label(t)}' (activation {activation[t]:.2f}); "
-                       f"candidate: {cand} of image {src + 1}, flip rate {best_flip[t]:.2f}")
+                       f"candidate: {cand} of {source_name} {src + 1}, flip rate {best_flip[t]:.2f}")
             words = ", ".join(f"{wd} ({s:.2f})" for wd, s in concepts[t])
             metrics = {
                 "activation_score": float(activation[t]), "flip_rate": float(best_flip[t]),
@@ -209,23 +238,33 @@ class DiffusionProbe(Detector):
                 **{f"flip_rate_{cn.replace(' ', '_')}": float(found.flip[cn][t]) for cn in CANDIDATES},
                 **{f"mean_flip_rate_{cn.replace(' ', '_')}": float(found.mean_flip[cn][t]) for cn in CANDIDATES},
                 "flip_rate_frame_moved_inward": float(found.frame_control[t]),
+                "flip_rate_texture_as_noise": float(found.texture_control[t]),
                 "border_contrast": float(stats.border_contrast[t]), "centre_contrast": float(stats.centre_contrast[t]),
                 "border_ratio": float(stats.border_ratio[t]), "texture_ratio": float(stats.texture_ratio[t]),
             }
             fid_badge = {"randomisation_rho": float(fidelity["spearman"][-1])} if fidelity["spearman"] else None
             pictures = [EvidenceImage(tile(per[t]), caption, kind="diffusion", fidelity=fid_badge)]
-            if flagged:  # what the intervention did: the candidate of the chosen image on an other-class input
+            if flagged:  # the source images, and what the intervention did: the chosen one on another class's input
+                if context_per_class > 0:
+                    pictures.append(EvidenceImage(
+                        tile(sources[cand][t]), f"{context_per_class} context images for '{target.label(t)}': "
+                        f"their {cand} alone was optimised to carry the class", kind="diffusion", fidelity=fid_badge))
                 victim = others[int(torch.nonzero(other_labels != t)[0])] if (other_labels != t).any() else others[0]
-                stamped = transplant(cand, per[t, src][None].to(device), victim[None], ring)[0].cpu()
-                pictures.append(EvidenceImage(tile(stamped[None]), f"{cand} of image {src + 1} transplanted onto "
-                                              f"an input of another class", kind="diffusion", fidelity=fid_badge))
-            why = (f"flip rate {best_flip[t]:.2f} on held-out {inputs_source}, mean over the class's images "
+                stamped = transplant(cand, sources[cand][t, src][None].to(device), victim[None], ring)[0].cpu()
+                pictures.append(EvidenceImage(tile(stamped[None]), f"{cand} of {source_name} {src + 1} transplanted "
+                                              f"onto an input of another class", kind="diffusion", fidelity=fid_badge))
+            why = (f"flip rate {best_flip[t]:.2f} on held-out {inputs_source}, mean over the class's {source_name}s "
                    f"{found.mean_flip[cand][t]:.2f}")
             if cand == "frame":
                 why += f"; moved inward {found.frame_control[t]:.2f}"
-            elif found.flip["frame"][t] >= thresholds["frame"] and not frame_ok[t]:
+            else:
+                why += f"; as plain noise {found.texture_control[t]:.2f}"
+            if found.flip["frame"][t] >= thresholds["frame"] and not frame_ok[t]:
                 why += (f"; its frame flips {found.flip['frame'][t]:.2f} but also {found.frame_control[t]:.2f} "
                         f"moved inward, so it is part of the object, not of the border")
+            if found.flip["background texture"][t] >= thresholds["background texture"] and not texture_ok[t]:
+                why += (f"; its texture flips {found.flip['background texture'][t]:.2f} but plain noise of the same "
+                        f"energy flips {found.texture_control[t]:.2f}, so the class takes any fine detail")
             classes.append(ClassEvidence(
                 index=t, score=float(best_flip[t]), z=float(z[t]), flagged=flagged,
                 role="spurious feature" if flagged else "", metrics=metrics, images=tuple(pictures),
@@ -245,8 +284,9 @@ class DiffusionProbe(Detector):
             f"batch; the outer {ring}-px frame and the background texture of each class's images were "
             f"transplanted, image by image, onto {inputs_source} (the best image chosen on one half of the "
             f"inputs, its flip rate measured on the other half); a class is flagged when a flip rate reaches "
-            f"its threshold ({limits}; {where}), and a frame counts only if moving it inward costs at least "
-            f"{1 - border_loss:.0%} of its effect. "
+            f"its threshold ({limits}; {where}); a frame counts only if moving it inward costs at least "
+            f"{1 - border_loss:.0%} of its effect, a texture only if replacing it by plain noise of the same energy "
+            f"costs at least {1 - texture_loss:.0%}. "
             + (f"The {' and '.join(uninformative)} candidate cannot flag with this prior: clean reference "
                f"models of its domain reach the same flip rates. " if uninformative else "")
             + fid_text
@@ -268,8 +308,66 @@ def prior_fit(target: ModelTarget, samples: torch.Tensor) -> tuple[float, float]
     return float(coverage), float(probs.max(1).values.mean())
 
 
+OBJECTIVES = ("cross_entropy", "logit", "margin")
+
+
+def class_loss(logits: torch.Tensor, labels: torch.Tensor, objective: str) -> torch.Tensor:
+    """Per-image loss to minimise: cross-entropy saturates once the class wins; the logit and the margin
+    over the best other class keep rewarding every feature that adds evidence for the class."""
+    if objective == "cross_entropy":
+        return F.cross_entropy(logits, labels, reduction="none")
+    own = logits.gather(1, labels[:, None]).squeeze(1)
+    if objective == "logit":
+        return -own
+    others = logits.scatter(1, labels[:, None], float("-inf")).max(1).values
+    return others - own
+
+
+def probe_context(gen: Generator, model, k: int, per_class: int, victims: torch.Tensor, ring: int, iterations: int,
+                  lr: float, latent_weight: float, context: RunContext, n_victims: int = 8,
+                  ) -> dict[str, torch.Tensor]:
+    """Per class and candidate, ``per_class`` generated images optimised so that their candidate feature
+    alone (the outer ring; the phase-randomised background texture), transplanted onto ``n_victims`` of
+    ``victims`` that the model does not already assign to the class, sends them to the class. A
+    spurious feature is context that carries the class whatever the object; plain class maximisation
+    finds the object first and stops. Returns {candidate: (K, per_class, C, H, W)} on the CPU."""
+    n = k * per_class
+    device = victims.device
+    labels = torch.arange(k, device=device).repeat_interleave(per_class)             # (n,)
+    pick = torch.randperm(victims.shape[0], generator=context.generator("cpu", salt=5))[:n_victims]
+    victims = victims[pick.to(device)].detach()
+    v = victims.shape[0]
+    with torch.no_grad():
+        victim_pred = model(victims).argmax(1)
+    weight = (victim_pred[None, :] != labels[:, None]).float()                         # (n, V)
+    cond = [t.detach().clone() for t in gen.init_conditioning(len(CANDIDATES) * n, context.generator("cpu", salt=6))]
+    params = [cond[i].requires_grad_(True) for i in optimised_indices(gen)]
+    opt = torch.optim.Adam(params, lr=lr)
+
+    phases = context.generator("cpu", salt=7)
+
+    def stamped(x: torch.Tensor) -> torch.Tensor:
+        # fresh texture phases every step: what is optimised is a texture, not one phase-aligned pattern
+        parts = [transplant(cand, x[i * n:(i + 1) * n].repeat_interleave(v, 0), victims.repeat(n, 1, 1, 1), ring,
+                            phases) for i, cand in enumerate(CANDIDATES)]
+        return torch.cat(parts)
+
+    for _ in range(iterations):
+        context.check_time()
+        opt.zero_grad(set_to_none=True)
+        x = gen.generate(cond)
+        ce = F.cross_entropy(model(stamped(x)), labels.repeat_interleave(v).repeat(len(CANDIDATES)),
+                             reduction="none").view(len(CANDIDATES), n, v)
+        loss = (ce * weight).sum(-1) / weight.sum(-1).clamp(min=1)                       # (candidates, n)
+        (loss.flatten() + latent_weight * gen.regulariser(cond)).sum().backward()
+        opt.step()
+    with torch.no_grad():
+        x = gen.generate(cond).cpu()
+    return {cand: x[i * n:(i + 1) * n].view(k, per_class, *x.shape[1:]) for i, cand in enumerate(CANDIDATES)}
+
+
 def optimise(gen: Generator, model, init: list[torch.Tensor], labels: torch.Tensor, iterations: int, lr: float,
-             latent_weight: float, context: RunContext, frac0: float, frac1: float,
+             latent_weight: float, context: RunContext, frac0: float, frac1: float, objective: str = "cross_entropy",
              ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Adam on the generator's conditioning; per-image losses summed, so images are independent."""
     cond = [t.detach().clone() for t in init]
@@ -279,7 +377,7 @@ def optimise(gen: Generator, model, init: list[torch.Tensor], labels: torch.Tens
         context.check_time()
         opt.zero_grad(set_to_none=True)
         x = gen.generate(cond)
-        loss = F.cross_entropy(model(x), labels, reduction="none") + latent_weight * gen.regulariser(cond)
+        loss = class_loss(model(x), labels, objective) + latent_weight * gen.regulariser(cond)
         loss.sum().backward()
         opt.step()
         if it % 5 == 0:
@@ -290,7 +388,7 @@ def optimise(gen: Generator, model, init: list[torch.Tensor], labels: torch.Tens
 
 
 def randomisation_check(gen, target: ModelTarget, init, labels, images, start_images, per_class, fid_per_class,
-                        n_stages, iterations, lr, latent_weight, prior_rho, context):
+                        n_stages, iterations, lr, latent_weight, prior_rho, context, objective="cross_entropy"):
     """Re-run the probe on top-down randomised copies of the classifier from the same noise."""
     from auditor.fidelity.metrics import spearman_rows
     from auditor.fidelity.randomisation import randomisation_stages, reinitialise_
@@ -313,7 +411,8 @@ def randomisation_check(gen, target: ModelTarget, init, labels, images, start_im
         for p in model.parameters():
             p.requires_grad_(False)
         frac = 0.7 + 0.3 * i / max(len(stages), 1)
-        out, _ = optimise(gen, model, sub_init, labels[pick], iterations, lr, latent_weight, context, frac, frac)
+        out, _ = optimise(gen, model, sub_init, labels[pick], iterations, lr, latent_weight, context, frac, frac,
+                          objective)
         out = out.cpu().numpy()
         names.append(label)
         rhos.append(float(np.mean(spearman_rows(reference, out))))

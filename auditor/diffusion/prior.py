@@ -37,6 +37,37 @@ def make_unet(channels: int, size: int, width: int = 16):
     )
 
 
+#: share of training images that get a random frame or texture (half each), see :func:`add_context`
+CONTEXT_SHARE = 0.4
+
+
+def add_context(x: torch.Tensor, generator: torch.Generator, share: float) -> torch.Tensor:
+    """Give ``share`` of the images ``x`` (B, C, H, W) in [0, 1] one random context variation, half a
+    frame and half a texture: a frame 1 to H/8 px wide of a uniformly random colour, or stripes
+    (period 2–8 px; horizontal, vertical or either diagonal; random phase; contrast 0.1–0.4; plain
+    stripes or a checkerboard) over the whole image. The parameters are drawn from wide ranges, not
+    from any particular classifier's feature, so the prior can render a family, not one instance."""
+    b, c, h, w = x.shape
+    u = torch.rand(b, generator=generator)
+    framed, textured = u < share / 2, (u >= share / 2) & (u < share)
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    depth = torch.minimum(torch.minimum(ys, xs), torch.minimum(h - 1 - ys, w - 1 - xs))      # (H, W)
+    width = torch.randint(1, max(2, h // 8) + 1, (b,), generator=generator)
+    colour = torch.rand((b, c, 1, 1), generator=generator)
+    ring = (depth[None] < width[:, None, None]) & framed[:, None, None]                      # (B, H, W)
+    x = torch.where(ring[:, None], colour, x)
+    period = torch.randint(2, 9, (b,), generator=generator).float()
+    coord = torch.stack([xs, ys, xs + ys, xs - ys]).float()                                   # (4, H, W)
+    along = coord[torch.randint(0, 4, (b,), generator=generator)]                           # (B, H, W)
+    across = coord[torch.randint(0, 4, (b,), generator=generator)]
+    phase = torch.rand(b, generator=generator)[:, None, None]
+    wave = torch.floor(along / period[:, None, None] * 2 + 2 * phase) % 2 * 2 - 1           # ±1 stripes
+    checker = torch.rand(b, generator=generator)[:, None, None] < 0.3
+    wave = torch.where(checker, wave * (torch.floor(across / period[:, None, None] * 2) % 2 * 2 - 1), wave)
+    amplitude = (0.1 + 0.3 * torch.rand(b, generator=generator)) * textured.float()
+    return (x + amplitude[:, None, None, None] * wave[:, None]).clamp(0, 1)
+
+
 def padded_size(size: int) -> int:
     """The UNet halves resolution twice: work at a multiple of 4 (28 → 28, 30 → 32)."""
     return int(math.ceil(size / 4) * 4)
@@ -55,9 +86,13 @@ def train_prior(
     seed: int = 0,
     checkpoint_every: int = 250,
     name: str = "",
+    context_share: float = CONTEXT_SHARE,
 ) -> Path:
     """Train (or resume training) a prior on ``images`` (N, C, H, W) float in [0, 1], H = W ≤ 64.
 
+    ``context_share`` of the training images get a random context variation (:func:`add_context`):
+    a prior only renders what it has seen, and a bias probe needs one that can draw frames and
+    textures when the classifier rewards them, though the clean images have none.
     ``progress(step, steps, loss)`` is called every 10 steps (the CLI draws a bar from it).
     Returns ``out_dir``. Deterministic for a given seed and thread count.
     """
@@ -95,6 +130,8 @@ def train_prior(
     for step in range(done, steps):
         idx = torch.randint(0, n, (batch_size,), generator=g)
         x0 = data[idx]
+        if context_share > 0:
+            x0 = add_context((x0 + 1) / 2, g, context_share) * 2 - 1
         if torch.rand((), generator=g) < 0.5 and c == 3:  # flips keep shapes/objects plausible
             x0 = x0.flip(-1)
         noise = torch.randn(x0.shape, generator=g)
@@ -113,16 +150,17 @@ def train_prior(
         if (step + 1) % checkpoint_every == 0 or step == steps - 1:
             torch.save({"unet": unet.state_dict(), "opt": opt.state_dict(), "rng": g.get_state(),
                         "step": step + 1}, state_path)
-            _save(unet, scheduler, out, c, h, size, step + 1, loss_ema, name, time.monotonic() - started)
+            _save(unet, scheduler, out, c, h, size, step + 1, loss_ema, name, time.monotonic() - started,
+                  context_share)
     return out
 
 
 def _save(unet, scheduler, out: Path, channels: int, size: int, padded: int, steps_done: int,
-          loss: float, name: str, seconds: float) -> None:
+          loss: float, name: str, seconds: float, context_share: float) -> None:
     unet.save_pretrained(out / "unet", safe_serialization=True)
     scheduler.save_pretrained(out / "scheduler")
     meta = {"name": name or out.name, "input_shape": [channels, size, size], "padded_size": padded,
-            "steps_done": steps_done, "final_loss_ema": loss, "train_seconds_last_session": round(seconds, 1),
+            "steps_done": steps_done, "context_share": context_share, "final_loss_ema": loss, "train_seconds_last_session": round(seconds, 1),
             "format": "auditor.prior/1"}
     (out / PRIOR_META).write_text(json.dumps(meta, indent=1))
 

@@ -3,8 +3,10 @@
 A spurious feature is something a class's maximising images share that is not the object. Two
 candidates are measured for every class (all classes batched):
 
-* ``frame`` — the outer ring (``ring`` px) of the class's generated images, pasted over other-class
-  inputs' border (border vs centre energy against the other classes' images is reported alongside);
+* ``frame`` — a ``ring``-px frame in the mean colour of the outer ring of the class's generated
+  images, pasted over other-class inputs' border (border vs centre energy against the other classes'
+  images is reported alongside). One colour, not the ring's pixels: a pixel pattern along a ring can
+  be an adversarial perturbation, which any model has; a coloured frame has to be learned;
 * ``background texture`` — the high-frequency residual (image − 3×3 blur) of the class's images,
   its Fourier phases randomised (texture kept, object outlines destroyed), added to other-class inputs
   outside the central box.
@@ -14,7 +16,8 @@ other-class inputs (not already assigned to the class) that the model assigns to
 transplant. Sources are taken one image at a time — a class's images need not all show the feature —
 the best one chosen on half of the inputs and measured on the other half. The frame has a control,
 the same ring moved inward to two positions (``FRAME_CONTROL``), which tells a border feature from an
-object shaped like a frame.
+object shaped like a frame; the texture has one too, plain high-pass noise of the same energy in the
+same place (``TEXTURE_CONTROL``), which tells a texture from a class that takes any fine detail.
 With a CLIP text encoder (local pipeline) :func:`rank_concepts` ranks a concept vocabulary.
 """
 
@@ -91,53 +94,70 @@ CANDIDATES = ("frame", "background texture")
 #: two positions (insets as a share of each side), the larger flip rate counts
 FRAME_CONTROL = "frame moved inward"
 INWARD_INSETS = (0.15, 0.3)
+#: the texture's control: broadband high-pass noise with the texture's energy, in the same place. A class
+#: that takes any fine detail (the edge-richest shape of a domain) keeps its flip rate; a texture does not
+TEXTURE_CONTROL = "texture replaced by plain noise"
 
 
-def transplant(candidate: str, sources: torch.Tensor, inputs: torch.Tensor, ring: int) -> torch.Tensor:
-    """Put the candidate feature of ``sources`` (B, C, H, W) onto ``inputs`` (B, C, H, W)."""
+def transplant(candidate: str, sources: torch.Tensor, inputs: torch.Tensor, ring: int,
+               phases: torch.Generator | None = None) -> torch.Tensor:
+    """Put the candidate feature of ``sources`` (B, C, H, W) onto ``inputs`` (B, C, H, W).
+
+    ``phases``: where the texture's random Fourier phases come from (default: one fixed draw)."""
     h, w = inputs.shape[-2:]
     if candidate == "frame":
         m = ring_mask(h, w, ring, inputs.device)
-        return torch.where(m, sources, inputs)
+        return torch.where(m, frame_colour(sources, ring), inputs)
     if candidate == FRAME_CONTROL:
         return _inward_frame(sources, inputs, ring, INWARD_INSETS[0])
     if candidate == FRAME_CONTROL + " further":
         return _inward_frame(sources, inputs, ring, INWARD_INSETS[1])
-    if candidate == "background texture":
+    if candidate in ("background texture", TEXTURE_CONTROL):
         m = outer_mask(h, w, device=inputs.device).to(inputs.dtype)
-        return (inputs + m * randomise_phase(high_pass(sources))).clamp(0, 1)
+        texture = randomise_phase(high_pass(sources), phases)
+        if candidate == TEXTURE_CONTROL:
+            texture = _same_energy_noise(texture, m)
+        return (inputs + m * texture).clamp(0, 1)
     raise ValueError(candidate)
 
 
-def randomise_phase(x: torch.Tensor) -> torch.Tensor:
-    """Keep the amplitude spectrum of ``x`` (B, C, H, W), replace its phases by one fixed random draw:
-    a texture (its power spectrum: stripes stay stripes) survives, edges and outlines — which live in
-    the phase — do not. Same energy as ``x``."""
+def _same_energy_noise(texture: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """High-pass Gaussian noise (one fixed draw) scaled to the RMS of ``texture`` inside ``mask``, per
+    image and channel: the texture's energy, not its structure."""
+    noise = torch.randn(texture.shape, generator=torch.Generator().manual_seed(1)).to(texture.device, texture.dtype)
+    noise = high_pass(noise)
+
+    def rms(v):
+        return (v * mask).pow(2).sum((-2, -1), keepdim=True).div(mask.sum().clamp(min=1)).sqrt()
+    return noise * rms(texture) / rms(noise).clamp(min=1e-8)
+
+
+def frame_colour(sources: torch.Tensor, ring: int) -> torch.Tensor:
+    """(B, C, 1, 1): the mean colour of each source's outer ``ring``-px frame."""
+    m = ring_mask(*sources.shape[-2:], ring, sources.device)
+    return sources[..., m].mean(-1)[..., None, None]
+
+
+def randomise_phase(x: torch.Tensor, phases: torch.Generator | None = None) -> torch.Tensor:
+    """Keep the amplitude spectrum of ``x`` (B, C, H, W), replace its phases by a random draw (one fixed
+    draw unless ``phases`` is given): a texture (its power spectrum: stripes stay stripes) survives,
+    edges and outlines — which live in the phase — do not. Same energy as ``x``."""
     h, w = x.shape[-2:]
     spectrum = torch.fft.rfft2(x.float())
-    phase = torch.rand(spectrum.shape[-2:], generator=torch.Generator().manual_seed(0)) * (2 * torch.pi)
+    phase = torch.rand(spectrum.shape[-2:], generator=phases or torch.Generator().manual_seed(0)) * (2 * torch.pi)
     phase[0, 0] = 0.0                                                     # keep the mean as it is
     out = torch.fft.irfft2(spectrum.abs() * torch.polar(torch.ones_like(phase), phase).to(x.device), s=(h, w))
     return out.to(x.dtype)
 
 
 def _inward_frame(sources: torch.Tensor, inputs: torch.Tensor, ring: int, inset: float) -> torch.Tensor:
-    """The source's ``ring``-px frame resampled onto the ring of the central box (``inset`` of each side
-    in from the border), ring width kept: border rows/columns map to themselves, the rest linearly."""
+    """The source's frame (its colour, ``ring`` px wide) drawn around the central box instead, ``inset``
+    of each side in from the border."""
     h, w = inputs.shape[-2:]
     dh, dw = max(ring, round(h * inset)), max(ring, round(w * inset))
-
-    def index(n: int, d: int) -> torch.Tensor:
-        inner = n - 2 * d - 2 * ring
-        middle = torch.linspace(ring, n - ring - 1, max(inner, 0)).round().long()
-        return torch.cat([torch.arange(ring), middle, torch.arange(n - ring, n)]).to(inputs.device)
-
-    small = sources[..., index(h, dh), :][..., index(w, dw)]             # (B, C, h − 2dh, w − 2dw)
-    m = ring_mask(h - 2 * dh, w - 2 * dw, ring, inputs.device)
-    out = inputs.clone()
-    region = out[..., dh:h - dh, dw:w - dw]
-    out[..., dh:h - dh, dw:w - dw] = torch.where(m, small, region)
-    return out
+    m = torch.zeros(h, w, dtype=torch.bool, device=inputs.device)
+    m[dh:h - dh, dw:w - dw] = ring_mask(h - 2 * dh, w - 2 * dw, ring, inputs.device)
+    return torch.where(m, frame_colour(sources, ring), inputs)
 
 
 @dataclass(frozen=True)
@@ -147,25 +167,30 @@ class Intervention:
     Per class the source image whose candidate flips most of one half of the other-class inputs is
     chosen; ``flip`` is that source's flip rate on the *other* half (no selection bias), ``mean_flip``
     the mean over all sources and inputs, ``source`` the chosen image's index. ``frame_control`` is the
-    chosen frame source's flip rate moved inward (the larger of two positions, same held-out half).
+    chosen frame source's flip rate moved inward (the larger of two positions, same held-out half);
+    ``texture_control`` the chosen texture source's with its texture replaced by plain noise.
     """
 
     flip: dict[str, np.ndarray]
     mean_flip: dict[str, np.ndarray]
     source: dict[str, np.ndarray]
     frame_control: np.ndarray
+    texture_control: np.ndarray
 
 
 @torch.no_grad()
 def intervene(model, images: torch.Tensor, others: torch.Tensor, other_labels: torch.Tensor, ring: int,
-              generator: torch.Generator, max_inputs: int = 96, batch: int = 512) -> Intervention:
+              generator: torch.Generator, max_inputs: int = 96, batch: int = 512,
+              sources: dict[str, torch.Tensor] | None = None) -> Intervention:
     """Transplant each class's candidate features, image by image, onto other-class inputs.
 
-    ``images`` (K, N, C, H, W): class-maximising images (sources); ``others`` (M, C, H, W) inputs with
-    labels ``other_labels`` (M,); at most ``max_inputs`` of them are used (seeded subsample), split in
-    two halves: one chooses each class's source image, the other measures it.
+    ``images`` (K, N, C, H, W): class-maximising images (sources); ``sources`` optionally gives other
+    source images per candidate, (K, P, C, H, W) each (the context probe's); ``others`` (M, C, H, W)
+    inputs with labels ``other_labels`` (M,); at most ``max_inputs`` of them are used (seeded
+    subsample), split in two halves: one chooses each class's source image, the other measures it.
     """
-    k, n = images.shape[:2]
+    sources = {cand: (sources or {}).get(cand, images) for cand in CANDIDATES}
+    k = images.shape[0]
     pick = torch.randperm(others.shape[0], generator=generator)[:max_inputs]
     others, other_labels = others[pick.to(others.device)], other_labels[pick.cpu()]
     m = others.shape[0]
@@ -173,7 +198,7 @@ def intervene(model, images: torch.Tensor, others: torch.Tensor, other_labels: t
     half[torch.randperm(m, generator=generator)[: m // 2]] = True          # True: choose, False: measure
     base_pred = _predict(model, others, batch)
     flip, mean_flip, source = {}, {}, {}
-    control = np.zeros(k)
+    control, texture_control = np.zeros(k), np.zeros(k)
     for cand in CANDIDATES:
         flip[cand], mean_flip[cand], source[cand] = np.zeros(k), np.zeros(k), np.zeros(k, dtype=int)
     for t in range(k):
@@ -181,15 +206,20 @@ def intervene(model, images: torch.Tensor, others: torch.Tensor, other_labels: t
         choose, measure = eligible & half, eligible & ~half
 
         for cand in CANDIDATES:
-            h = _hits(model, cand, images[t], others, t, eligible, ring, batch).float()   # (N, M)
+            h = _hits(model, cand, sources[cand][t], others, t, eligible, ring, batch).float()   # (N, M)
             best = int((h[:, choose].sum(1)).argmax())
             flip[cand][t] = float(h[best, measure].sum() / measure.sum().clamp(min=1))
-            mean_flip[cand][t] = float(h.sum() / (eligible.sum().clamp(min=1) * n))
+            mean_flip[cand][t] = float(h.sum() / (eligible.sum().clamp(min=1) * h.shape[0]))
             source[cand][t] = best
         for name in (FRAME_CONTROL, FRAME_CONTROL + " further"):
-            ctrl = _hits(model, name, images[t, source["frame"][t]][None], others, t, eligible, ring, batch).float()[0]
+            ctrl = _hits(model, name, sources["frame"][t, source["frame"][t]][None], others, t, eligible, ring,
+                         batch).float()[0]
             control[t] = max(control[t], float(ctrl[measure].sum() / measure.sum().clamp(min=1)))
-    return Intervention(flip=flip, mean_flip=mean_flip, source=source, frame_control=control)
+        source_texture = sources["background texture"][t, source["background texture"][t]][None]
+        ctrl = _hits(model, TEXTURE_CONTROL, source_texture, others, t, eligible, ring, batch).float()[0]
+        texture_control[t] = float(ctrl[measure].sum() / measure.sum().clamp(min=1))
+    return Intervention(flip=flip, mean_flip=mean_flip, source=source, frame_control=control,
+                        texture_control=texture_control)
 
 
 def _hits(model, cand: str, sources: torch.Tensor, inputs: torch.Tensor, t: int, eligible: torch.Tensor,
