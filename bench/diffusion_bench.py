@@ -1,7 +1,7 @@
 """Benchmark of the diffusion bias probe (bundled priors, 2 CPU cores, 1 thread per run).
 
     python bench/diffusion_bench.py [--planted N] [--zoo ids|spurious|clean|trojaned] [--zoo-dir DIR]
-                                    [--option KEY=VALUE ...] [--out bench/diffusion_results.json]
+                                    [--with-data] [--option KEY=VALUE ...] [--out bench/diffusion_results.json]
     python bench/diffusion_summary.py bench/diffusion_results.json
 
 Models: (a) digits SmallCNNs trained here with a planted white frame on 95 % of one class (plus clean
@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from auditor.detectors import RunContext, create  # noqa: E402
 from auditor.spec import InputSpec  # noqa: E402
-from auditor.target import ModelTarget  # noqa: E402
+from auditor.target import ModelTarget, SampleData  # noqa: E402
 
 
 def planted(seed: int, spurious_class: int | None):
@@ -79,6 +80,8 @@ def main() -> None:
     ap.add_argument("--zoo-dir", default=str(ROOT / "bench" / "zoo"),
                     help="bench/zoo (scored) or bench/zoo/reference (clean calibration models)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "diffusion_results.json"))
+    ap.add_argument("--with-data", action="store_true",
+                    help="pass the zoo's held-out samples (data/<domain>.npz; never training data) as --data")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="detector option, as `auditor scan --option diffusion.KEY=VALUE` (repeatable)")
     args = ap.parse_args()
@@ -121,8 +124,13 @@ def main() -> None:
             target = load_model(zoo_dir / m["file"])
             # all-to-all models have no single target class
             truth = m["spurious_class"] if m["spurious"] else (m["target_classes"] or [None])[0] if m["trojaned"] else None
+            data = None
+            if args.with_data:
+                held = np.load(zoo_dir / "data" / f"{m['domain']}.npz")
+                data = SampleData(torch.from_numpy(held["x"]).float(), torch.from_numpy(held["y"]).long(),
+                                  source="zoo held-out samples")
             t0 = time.monotonic()
-            r = det.run(target, RunContext(seed=0, options=options))
+            r = det.run(target, RunContext(seed=0, options=options, data=data))
             rows.append(summarise(m["id"], kind + ("/" + m["attack"] if m["trojaned"] else ""), r, truth,
                                   m.get("spurious_flip_rate"), time.monotonic() - t0))
             out.write_text(json.dumps(rows, indent=1))

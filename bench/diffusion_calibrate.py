@@ -7,7 +7,7 @@
 
 The null of a candidate feature is, per clean model, the largest flip rate any class reaches with it
 (a frame only where it passes the moved-inward control, a texture only where it passes the plain-noise
-control, as the detector counts them). The threshold is
+and the half-period-shift controls, as the detector counts them). The threshold is
 the largest null over the reference models plus ``--margin``, never below ``--floor`` (the detector's
 uncalibrated ``min_flip``). A threshold above 1 means the candidate cannot be told from what clean
 models of that domain do; the detector then reports it without flagging. Written into each bundled
@@ -35,7 +35,8 @@ def null_of(row: dict) -> dict[str, float]:
     flips = row["class_flips"].values()
     frame = [c["frame"] for c in flips if c["frame_moved_inward"] <= BORDER_LOSS * c["frame"]]
     texture = [c["background_texture"] for c in flips
-               if c.get("texture_as_noise", 0.0) <= TEXTURE_LOSS * c["background_texture"]]
+               if max(c.get("texture_as_noise", 0.0), c.get("texture_shifted", 0.0))
+               <= TEXTURE_LOSS * c["background_texture"]]
     return {"frame": max(frame, default=0.0), "background texture": max(texture, default=0.0)}
 
 

@@ -1,6 +1,10 @@
 """Summarise diffusion_bench.py rows: spurious models, clean flag rate, per-attack AUROC.
 
-    python bench/diffusion_summary.py bench/diffusion_results.json
+    python bench/diffusion_summary.py [--rescore] bench/diffusion_results.json
+
+``--rescore``: flags, candidates and model scores are recomputed from each row's per-class flip rates
+and controls with the thresholds now in each bundled prior's ``prior.json``, by the detector's rule —
+for a run made before only the calibration changed (the detector is deterministic given its seed).
 
 The model score is the detector's (largest flip rate ÷ its threshold, mapped to (0, 1)); rows written
 before the bench recorded it are scored from their per-class flip rates with the same rule and the
@@ -26,6 +30,7 @@ def auroc(pos: list[float], neg: list[float]) -> float:
     return float(roc_auc_score([1] * len(pos) + [0] * len(neg), list(pos) + list(neg))) if pos and neg else float("nan")
 
 BORDER_LOSS = 0.5
+TEXTURE_LOSS = 0.5
 
 
 def score_of(row: dict, thresholds: dict[str, float]) -> float:
@@ -38,8 +43,27 @@ def score_of(row: dict, thresholds: dict[str, float]) -> float:
     return best / (1 + best)
 
 
+def rescore(row: dict, thresholds: dict[str, float]) -> None:
+    """The detector's flag rule on the row's per-class flip rates and controls, in place."""
+    flagged, candidates, best = [], [], 0.0
+    for cls, c in row["class_flips"].items():
+        usable = {"frame": c["frame"] if c["frame_moved_inward"] <= BORDER_LOSS * c["frame"] else 0.0,
+                  "background texture": c["background_texture"]
+                  if max(c.get("texture_as_noise", 0.0), c.get("texture_shifted", 0.0)) <= TEXTURE_LOSS * c["background_texture"]
+                  else 0.0}
+        ratio = {cand: usable[cand] / max(thresholds[cand], 1e-6) for cand in usable}
+        cand = max(ratio, key=ratio.get)
+        best = max(best, ratio[cand])
+        if ratio[cand] >= 1.0:
+            flagged.append(int(cls))
+            candidates.append(cand)
+    row.update(flagged=flagged, flagged_candidates=candidates, model_score=best / (1 + best))
+
+
 def main() -> None:
-    rows = [r for f in sys.argv[1:] for r in json.loads(Path(f).read_text())]
+    args = sys.argv[1:]
+    redo = "--rescore" in args
+    rows = [r for f in args if f != "--rescore" for r in json.loads(Path(f).read_text())]
     manifest = {m["id"]: m for m in json.loads((ROOT / "bench" / "zoo" / "manifest.json").read_text())["members"]}
     priors = {tuple(p.input_shape): dict(p.thresholds) for p in available_priors()}
     domain_shape = {"digits": (1, 28, 28), "shapes": (3, 32, 32)}
@@ -52,6 +76,8 @@ def main() -> None:
             print(f"{r['id']}: {r['status']} ({r['reason'][:90]})")
             by_kind["skipped"].append(r)
             continue
+        if redo:
+            rescore(r, priors[domain_shape[domain]])
         r["score"] = score_of(r, priors[domain_shape[domain]])
         r["targets"] = m["target_classes"] if m and m["trojaned"] else ([r["truth_class"]] if r["truth_class"] is not None else [])
         r["scored"] = bool(m["scored"]) if m else False

@@ -179,6 +179,13 @@ def reference_members() -> list[dict]:
     for _ in range(2):
         seed = 8000 + len(members)
         members.append({"id": f"points-clean-pointnet-{seed}", **_recipe("points", "pointnet", seed)})
+    # a second draw of image models (seeds 8013+, appended so earlier ids stay): a clean null estimated
+    # from 5 or 6 models misses its tail (the diffusion probe's texture flip rate, stop 17)
+    for domain, per in (("digits", 1), ("shapes", 3)):
+        for arch in DOMAIN_ARCHS[domain]:
+            for _ in range(per):
+                seed = 8000 + len(members)
+                members.append({"id": f"{domain}-clean-{arch}-{seed}", **_recipe(domain, arch, seed)})
     for i, m in enumerate(members):
         m["format"] = FORMATS[i % len(FORMATS)]
     return members

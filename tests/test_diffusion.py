@@ -163,13 +163,20 @@ def test_frame_control_tells_a_border_feature_from_an_object_drawn_by_a_ring():
 
 
 class _Stripes(torch.nn.Module):
-    """Class 1 when the image correlates with diagonal stripes of period 4: one texture, nothing else."""
+    """Class 1 when the image correlates with diagonal stripes of period 4 at their phase: a learned
+    pattern, nothing else. With ``any_phase`` the stripes count at either phase: a class that takes any
+    periodic detail of that kind."""
+
+    def __init__(self, any_phase: bool = False):
+        super().__init__()
+        self.any_phase = any_phase
 
     def forward(self, x):
         from auditor.synthetic.spurious import TextureFeature
 
         pattern = TextureFeature(period=4).stripes(*x.shape[-2:]).to(x)
-        score = (x * pattern).mean((1, 2, 3)).abs() * 20
+        score = (x * pattern).mean((1, 2, 3)) * 20
+        score = score.abs() if self.any_phase else score
         return torch.stack([torch.full_like(score, 0.5), score], 1)
 
 
@@ -183,7 +190,7 @@ class _FineDetail(torch.nn.Module):
         return torch.stack([torch.full_like(score, 0.5), score], 1)
 
 
-def test_texture_control_tells_a_texture_from_a_class_that_takes_any_fine_detail():
+def test_texture_controls_tell_a_learned_pattern_from_a_class_that_takes_any_detail():
     from auditor.diffusion.readout import intervene
     from auditor.synthetic.spurious import TextureFeature
 
@@ -192,9 +199,13 @@ def test_texture_control_tells_a_texture_from_a_class_that_takes_any_fine_detail
     others = torch.full((32, 1, 28, 28), 0.5)
     labels = torch.zeros(32, dtype=torch.long)
     texture = intervene(_Stripes(), striped, others, labels, 2, torch.Generator().manual_seed(0))
-    assert texture.flip["background texture"][1] == 1.0 and texture.texture_control[1] == 0.0
+    assert texture.flip["background texture"][1] == 1.0
+    assert texture.texture_control[1] == 0.0 and texture.texture_shift_control[1] == 0.0
     detail = intervene(_FineDetail(), striped, others, labels, 2, torch.Generator().manual_seed(0))
     assert detail.flip["background texture"][1] == 1.0 and detail.texture_control[1] == 1.0
+    periodic = intervene(_Stripes(any_phase=True), striped, others, labels, 2, torch.Generator().manual_seed(0))
+    assert periodic.flip["background texture"][1] == 1.0
+    assert periodic.texture_control[1] == 0.0 and periodic.texture_shift_control[1] == 1.0
 
 
 def test_inward_frame_keeps_the_ring_width_around_the_central_box():
@@ -229,22 +240,54 @@ def test_context_variations_teach_the_prior_frames_and_textures_it_never_saw_on_
     assert torch.equal(add_context(x, torch.Generator().manual_seed(0), 0.0), x)
 
 
-def test_texture_transplant_keeps_stripes_and_scrambles_outlines():
-    from auditor.diffusion.readout import randomise_phase
+def test_texture_transplant_keeps_background_stripes_in_phase_and_drops_outlines():
+    from auditor.diffusion.readout import high_pass, periodic_texture
     from auditor.synthetic.spurious import TextureFeature
 
-    stripes = TextureFeature(period=4).stripes(32, 32)[None, None]
-    kept = randomise_phase(stripes)
-    energy = float(kept.pow(2).mean())
-    assert energy == pytest.approx(float(stripes.pow(2).mean()), rel=1e-4)
-    # still periodic along the stripes' period, in anti-phase at half of it
-    assert float((kept * kept.roll(4, dims=-1)).mean()) == pytest.approx(energy, rel=1e-4)
-    assert float((kept * kept.roll(2, dims=-1)).mean()) == pytest.approx(-energy, rel=1e-4)
-    stroke = torch.zeros(1, 1, 32, 32)
-    stroke[..., 8:24, 8] = 1.0
-    scrambled = randomise_phase(stroke - stroke.mean())
-    # the stroke's energy is spread out: no pixel keeps more than a fraction of the peak
-    assert float(scrambled.abs().max()) < 0.5 * float((stroke - stroke.mean()).abs().max())
+    stripes = 0.3 * TextureFeature(period=4).stripes(32, 32)[None, None]
+    source = 0.5 + stripes.clone()
+    source[..., 10:22, 10:22] = 0.9                                    # an object over the stripes
+    texture = periodic_texture(source)
+    # the stripes come back over the whole image, object included, in phase with the source's
+    wanted = stripes
+    corr = float((texture * wanted).sum() / (texture.norm() * wanted.norm()))
+    assert corr > 0.9
+    assert float(texture.pow(2).mean()) == pytest.approx(float(wanted.pow(2).mean()), rel=0.3)
+    # a stroke or a blob in the background has no periodic part worth the name: no strong grating survives
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    for blob in ((xx == 4) & (yy >= 4) & (yy < 28), (yy - 6) ** 2 + (xx - 6) ** 2 < 16):
+        source = torch.where(blob, 1.0, 0.5)[None, None]
+        assert float(periodic_texture(source).abs().max()) < 0.25 * float(high_pass(source).abs().max())
+
+
+def test_every_grating_of_the_bank_survives_the_texture_transplant():
+    from auditor.diffusion.readout import grating_bank, periodic_texture
+
+    bank = grating_bank(3, 28, 28, 0.25)
+    wave = bank - 0.5
+    texture = periodic_texture(bank)
+    corr = (texture * wave).sum((1, 2, 3)) / (texture.flatten(1).norm(dim=1) * wave.flatten(1).norm(dim=1))
+    assert float(corr.min()) > 0.9
+    assert float(wave.pow(2).mean((1, 2, 3)).sqrt().min()) > 0.5 * 0.25   # none sampled at its zeros
+
+
+def test_grating_scan_finds_the_grating_a_model_takes_at_its_phase():
+    from auditor.diffusion.readout import grating_bank, scan_gratings
+
+    bank = grating_bank(1, 16, 16, 0.25)
+    wanted = bank[101, 0] - 0.5
+
+    class TakesOneGrating(torch.nn.Module):                         # class 1 only for that grating, at that phase
+        def forward(self, x):
+            score = ((x[:, 0] - x[:, 0].mean((-2, -1), keepdim=True)) * wanted).sum((-2, -1))
+            return torch.stack([torch.full_like(score, 6.0), score], 1)
+
+    victims = 0.5 + 0.05 * torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    best = scan_gratings(TakesOneGrating(), victims, k=2, amplitude=0.25, per_class=2)
+    assert best.shape == (2, 2, 1, 16, 16)
+    assert torch.equal(best[1, 0], bank[101])
+    shifted = 0.5 - wanted                                           # half a period on: the model does not take it
+    assert float(TakesOneGrating()(shifted[None, None])[0].argmax()) == 0
 
 
 @has_digits_prior
