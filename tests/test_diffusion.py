@@ -249,10 +249,9 @@ def test_texture_transplant_keeps_background_stripes_in_phase_and_drops_outlines
     source[..., 10:22, 10:22] = 0.9                                    # an object over the stripes
     texture = periodic_texture(source)
     # the stripes come back over the whole image, object included, in phase with the source's
-    wanted = stripes
-    corr = float((texture * wanted).sum() / (texture.norm() * wanted.norm()))
+    corr = float((texture * stripes).sum() / (texture.norm() * stripes.norm()))
     assert corr > 0.9
-    assert float(texture.pow(2).mean()) == pytest.approx(float(wanted.pow(2).mean()), rel=0.3)
+    assert float(texture.pow(2).mean()) == pytest.approx(float(stripes.pow(2).mean()), rel=0.3)
     # a stroke or a blob in the background has no periodic part worth the name: no strong grating survives
     yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
     for blob in ((xx == 4) & (yy >= 4) & (yy < 28), (yy - 6) ** 2 + (xx - 6) ** 2 < 16):
@@ -286,8 +285,6 @@ def test_grating_scan_finds_the_grating_a_model_takes_at_its_phase():
     best = scan_gratings(TakesOneGrating(), victims, k=2, amplitude=0.25, per_class=2)
     assert best.shape == (2, 2, 1, 16, 16)
     assert torch.equal(best[1, 0], bank[101])
-    shifted = 0.5 - wanted                                           # half a period on: the model does not take it
-    assert float(TakesOneGrating()(shifted[None, None])[0].argmax()) == 0
 
 
 @has_digits_prior
