@@ -9,7 +9,8 @@ report's top-level ``model_score``/``flagged_classes`` are the *fused* verdict o
 detectors; each detector's own ``model_score``, flagged classes and seconds come from the same
 report (``detectors.NAME`` and ``classes[].detectors.NAME``) — detectors are seeded independently, so
 their scores equal those of a scan with that detector alone (``--separate`` runs them alone as well).
-Results are cached per member and command under ``bench/_runs/SECTION/`` so an interrupted run resumes.
+Results are cached per member, command, model file and ``auditor`` code under ``bench/_runs/SECTION/`` so
+an interrupted run resumes and a changed detector is re-scanned.
 
 Metrics, overall and per attack (trojaned models of that attack vs all clean models of the same
 modality): AUROC, TPR at FPR ≤ 0.1, FPR at 95 % TPR, TrojAI cross-entropy of ``model_score``
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -171,8 +173,7 @@ def run_member(member: dict, zoo: Path, names: list[str], runs_dir: Path, need_d
     row = {"id": member["id"], "runs": {}}
     for label, subset in jobs:
         cmd = scan_command(model_file, subset, runs_dir / member["id"] / label, data, shape, extra)
-        key = content_hash({"cmd": cmd[1:], "inprocess": inprocess, "model_sha": _file_sha(model_file)})
-        cache = runs_dir / member["id"] / label / f"result-{key}.json"
+        cache = cache_file(runs_dir / member["id"] / label, cmd, inprocess, model_file)
         if cache.exists():
             row["runs"][label] = json.loads(cache.read_text())
             continue
@@ -193,7 +194,8 @@ def merge_earlier_run(rows: dict, earlier_dir: Path, name: str) -> None:
     model score = the largest detector model score, flagged classes = the union."""
     for member_id, row in rows.items():
         found = None
-        for path in sorted((earlier_dir / member_id / "all").glob("result-*.json")):
+        # the newest cached result that has the detector (older ones may predate a code change)
+        for path in sorted((earlier_dir / member_id / "all").glob("result-*.json"), key=lambda p: p.stat().st_mtime):
             earlier = json.loads(path.read_text())
             if name in earlier["scores"]:
                 found = earlier
@@ -210,7 +212,29 @@ def merge_earlier_run(rows: dict, earlier_dir: Path, name: str) -> None:
             fused["flagged"] = sorted({c for sc in ok for c in sc["flagged"]})
             fused["verdict"] = "suspicious" if fused["flagged"] else "clean"
             fused["status"] = "ok"
+            if run["exit"] in (0, 1):  # the exit code the CLI gives that verdict (errors are kept)
+                run["exit"] = 1 if fused["flagged"] else 0
         fused["seconds"] = sum(float(sc.get("seconds") or 0.0) for n, sc in run["scores"].items() if n != FUSED)
+
+
+def cache_file(folder: Path, cmd: list[str], inprocess: bool, model_file: Path) -> Path:
+    """Where one scan's result is cached: keyed by the command, the model file *and* the auditor code, so
+    a changed detector never reuses a stale result."""
+    key = content_hash({"cmd": cmd[1:], "inprocess": inprocess, "model_sha": _file_sha(model_file),
+                        "code_sha": _code_sha()})
+    return folder / f"result-{key}.json"
+
+
+@functools.lru_cache(maxsize=1)
+def _code_sha() -> str:
+    """Hash of every file of the ``auditor`` package (sources and bundled assets)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((REPO_ROOT / "auditor").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _file_sha(path: Path) -> str:
@@ -583,7 +607,13 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict = {}
 
     if a.cached_only:
-        members = [m for m in members if list((runs_dir / m["id"] / "all").glob("result-*.json"))]
+        def cached(m):
+            data = a.zoo / m["data"] if need_data else None
+            shape = m["input_shape"] if m["domain"] == "points" else None
+            cmd = scan_command(a.zoo / m["file"], names, runs_dir / m["id"] / "all", data, shape, a.cli_arg)
+            return cache_file(runs_dir / m["id"] / "all", cmd, a.inprocess, a.zoo / m["file"]).exists()
+
+        members = [m for m in members if cached(m)]
 
     def one(m):
         row = run_member(m, a.zoo, names, runs_dir, need_data, a.inprocess, a.cli_arg, a.timeout, a.separate)

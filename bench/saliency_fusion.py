@@ -2,12 +2,13 @@
 
     python bench/calibrate_saliency.py --zoo bench/zoo/reference --digits-seeds 1-8 --dev-zoo bench/zoo/dev
     python bench/saliency_fusion.py [bench/_cache/saliency_calibration.json] [--sets "a,b,c;a,d"]
+                                    [--rule top2|max|top3|mean] [--detail]
 
 Reads the per-class metrics that ``calibrate_saliency.py`` saved for the clean reference models and the
 dev split's trojaned models, and for each candidate set of statistics: calibrates every statistic's
 relative value on the clean models (leave-one-model-out for the clean scores, as the detector's
-constants would be), fuses with the detector's rule (mean of the two largest z's) and prints the dev
-AUROC and how often the top class is a true target. The benchmarked zoo is never read, so a choice made
+constants would be), fuses with the detector's rule (mean of the two largest z's; ``--rule`` tries
+another) and prints the dev AUROC and how often the top class is a true target. The benchmarked zoo is never read, so a choice made
 here leaves it a blind test.
 """
 
@@ -45,22 +46,31 @@ def relative(rows: list[dict], stat: str) -> np.ndarray:
     return sal.relative_to_others(np.array([c[stat] for c in rows]))
 
 
-def scores(rel: dict[str, np.ndarray], constants: dict[str, tuple[float, float]]) -> np.ndarray:
+#: Ways to fuse a class's calibrated z's into its score; ``top2`` is the detector's rule.
+RULES = {
+    "top2": lambda z: z[:, -2:].mean(axis=1),
+    "max": lambda z: z[:, -1],
+    "top3": lambda z: z[:, -3:].mean(axis=1),
+    "mean": lambda z: z.mean(axis=1),
+}
+
+
+def scores(rel: dict[str, np.ndarray], constants: dict[str, tuple[float, float]], rule: str = "top2") -> np.ndarray:
     zs = {s: (rel[s] - c) / sc for s, (c, sc) in constants.items()}
     stacked = np.sort(np.stack(list(zs.values()), axis=1), axis=1)
-    return stacked[:, -2:].mean(axis=1)
+    return RULES[rule](stacked)
 
 
-def evaluate(clean: dict[str, dict], dev: list[dict], stats: list[str]) -> dict:
+def evaluate(clean: dict[str, dict], dev: list[dict], stats: list[str], rule: str = "top2") -> dict:
     def constants(exclude: str | None = None):
         return {s: sal.calibration_scale(np.concatenate([r[s] for mid, r in clean.items() if mid != exclude]))
                 for s in stats}
 
     full = constants()
-    loo = {mid: float(scores({s: r[s] for s in stats}, constants(mid)).max()) for mid, r in clean.items()}
+    loo = {mid: float(scores({s: r[s] for s in stats}, constants(mid), rule).max()) for mid, r in clean.items()}
     dev_rows = []
     for d in dev:
-        sc = scores({s: d["rel"][s] for s in stats}, full)
+        sc = scores({s: d["rel"][s] for s in stats}, full, rule)
         dev_rows.append((d["id"], d.get("attack", ""), float(sc.max()), int(np.argmax(sc)) in d["targets"]))
     neg = np.array(list(loo.values()))
     pos = np.array([r[2] for r in dev_rows])
@@ -75,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("calibration", type=Path, nargs="?", default=Path("bench/_cache/saliency_calibration.json"))
     ap.add_argument("--sets", default=";".join(DEFAULT_SETS), help="';'-separated comma lists of statistics")
     ap.add_argument("--detail", action="store_true", help="print every dev model's score")
+    ap.add_argument("--rule", choices=sorted(RULES), default="top2", help="how a class's z's are fused")
     a = ap.parse_args(argv)
     saved = json.loads(a.calibration.read_text())
     sets = [[s.strip() for s in group.split(",") if s.strip()] for group in a.sets.split(";") if group.strip()]
@@ -86,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| fused statistics | dev AUROC | top class a target | clean LOO max → threshold | dev flagged |")
     print("|---|---|---|---|---|")
     for stats in sets:
-        r = evaluate(clean, dev, stats)
+        r = evaluate(clean, dev, stats, a.rule)
         print(f"| {', '.join(stats)} | {r['auroc']:.3f} | {r['right']}/{r['n']} | {r['clean_max']:.2f} → "
               f"{r['threshold']:.1f} | {r['flagged']}/{r['n']} |")
         if a.detail:

@@ -120,6 +120,30 @@ def test_results_sections_are_replaced_in_place(tmp_path):
     assert "keep me" in text and "second" in text and "first" not in text and "other" in text
 
 
+def test_scan_cache_is_keyed_by_the_auditor_code(tmp_path, monkeypatch):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"weights")
+    cmd = bench_run.scan_command(model, ["saliency"], tmp_path / "out", None, None, [])
+    before = bench_run.cache_file(tmp_path, cmd, False, model)
+    assert bench_run.cache_file(tmp_path, cmd, False, model) == before
+    monkeypatch.setattr(bench_run, "_code_sha", lambda: "a-changed-detector")
+    assert bench_run.cache_file(tmp_path, cmd, False, model) != before
+
+
+def test_reused_results_are_re_fused_with_the_cli_rule(tmp_path):
+    earlier = tmp_path / "earlier" / "m1" / "all"
+    earlier.mkdir(parents=True)
+    (earlier / "result-old.json").write_text(json.dumps(
+        {"scores": {"max_margin": {"status": "ok", "model_score": 0.9, "flagged": [3], "seconds": 2.0}}}))
+    rows = {"m1": {"id": "m1", "runs": {"all": {"exit": 0, "wall_s": 1.0, "scores": {
+        "saliency": {"status": "ok", "model_score": 0.2, "flagged": [], "seconds": 1.0},
+        bench_run.FUSED: {"status": "ok", "model_score": 0.2, "flagged": [], "verdict": "clean"}}}}}}
+    bench_run.merge_earlier_run(rows, tmp_path / "earlier", "max_margin")
+    run = rows["m1"]["runs"]["all"]
+    assert run["scores"][bench_run.FUSED]["flagged"] == [3] and run["scores"][bench_run.FUSED]["model_score"] == 0.9
+    assert run["exit"] == 1 and run["reused"] == ["max_margin"]
+
+
 @pytest.mark.slow
 def test_small_profile_end_to_end(tmp_path):
     """Build the --small zoo, check the manifest and exports, and score it through the real CLI."""

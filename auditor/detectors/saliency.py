@@ -46,8 +46,9 @@ Statistics are made relative within the model (value minus the median over the o
 turned into z-scores with constants measured on *clean* models that are not under test
 (:data:`CALIBRATION`, produced by ``bench/calibrate_saliency.py``). The class score is the mean of
 the two largest calibrated z's over the fused statistics (a backdoor raises several at once).
-The probe's sink share and the small ball's flip rate are reported but not fused: on the dev split
-they lowered the AUROC (bench/RESULTS.md §3).
+The probe's sink share and the small ball's flip rate are reported but not fused: the small ball's
+flip rate lowered the dev AUROC, and the sink share, though it raised it, flagged more clean models on the
+benchmark (natural sinks; bench/RESULTS.md §3).
 """
 
 from __future__ import annotations
@@ -71,21 +72,21 @@ from auditor.target import ModelTarget
 # median and scale = max(1.4826·MAD, (q90 − q50)/1.2816, floor) — the second term keeps the scale honest
 # for statistics that are zero for most classes. z_t = (r_t − centre) / scale.
 #
-# Obtained from 19 clean reference models — 8 digits SmallCNNs (seeds 1–8) and the clean reference
-# population of `bench/zoo.py --reference` (digits CNN/VGG/ResNet/MobileNet/ViT, shapes VGG/ResNet/
-# MobileNet ×2; seeds 8000+, disjoint from every benchmarked zoo member and test fixture) — via
+# Obtained from 33 clean reference models — 8 digits SmallCNNs (seeds 1–8) and the 25 clean image models
+# of `bench/zoo.py --reference` (digits CNN/VGG/ResNet/MobileNet/ViT, shapes VGG/ResNet/MobileNet; seeds
+# 8000–8010 and 8013–8026, disjoint from every benchmarked zoo member and test fixture) — via
 # `python bench/calibrate_saliency.py --zoo bench/zoo/reference --digits-seeds 1-8`, default options, seed 0.
 CALIBRATION: dict[str, tuple[float, float]] = {
-    "transplant_asr": (0.0000, 0.1552),
+    "transplant_asr": (0.0000, 0.1634),
     "map_concentration": (0.0000, 0.0323),
-    "shortcut_margin": (0.0000, 0.3794),
-    "window_margin": (0.0000, 0.5701),
+    "shortcut_margin": (0.0000, 0.4432),
+    "window_margin": (0.0000, 0.6103),
 }
 #: The default decision threshold on the class score (:func:`fused_class_score`): the smallest
 #: half-integer above every clean reference model's largest class score (leave-one-model-out scores:
-#: median 1.6, max 3.6 on a shapes VGG). The dev split's 13 trojaned models (`--dev-zoo bench/zoo/dev`,
-#: never scored by the bench) scored 2.0–77, median 5.4; AUROC 0.947 against the clean scores.
-DEFAULT_THRESHOLD = 4.0
+#: median 1.8, max 3.39 on a shapes VGG). The dev split's 13 trojaned models (`--dev-zoo bench/zoo/dev`,
+#: never scored by the bench) scored 2.0–66, median 4.8; AUROC 0.956 against the clean scores.
+DEFAULT_THRESHOLD = 3.5
 #: A class whose score exceeds ``EXTREME_FACTOR × threshold`` is called a backdoor target even when the
 #: transplant check does not reach 50 % (e.g. whole-image triggers that no small region reproduces).
 EXTREME_FACTOR = 2.0
@@ -140,7 +141,7 @@ class SaliencyDetector(Detector):
     ``shortcut_radius`` 0.5 (RMS per pixel) for the wide-ball universal perturbation (same steps);
     ``window_area`` 0.04 (share of the image), ``window_stride`` 0.5 (of the window's side),
     ``window_steps`` 40, ``window_screen`` 8 and ``window_finalists`` 4 for the window scan;
-    ``percentile`` 99 display scaling; ``threshold`` 4.0 on the fused class score
+    ``percentile`` 99 display scaling; ``threshold`` 3.5 on the fused class score
     (``--threshold`` overrides).
     """
 
