@@ -121,9 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-dev", action="store_true", help="also score trojaned digits dev models")
     ap.add_argument("--dev-zoo", type=Path, help="also score this zoo's scored trojaned image members (the dev split)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a detector option for every run (a variant to compare with bench/saliency_fusion.py)")
     ap.add_argument("--out", type=Path, default=Path("bench/_cache/saliency_calibration.json"))
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    options = dict(pair.split("=", 1) for pair in a.option)
 
     clean = []
     for seed in _range(a.digits_seeds):
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rel_by_model, raw_rows = {}, []
     for mid, module, spec in clean:
-        result, seconds = run_detector(module, spec)
+        result, seconds = run_detector(module, spec, options=options)
         rel_by_model[mid] = {s: [c.metrics[f"rel_{s}"] for c in result.classes] for s in sal.FUSED_STATISTICS}
         raw_rows.append({"id": mid, "seconds": round(seconds, 2),
                          "classes": [dict(c.metrics) for c in result.classes]})
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             (27, PatchTrigger(6, 15, top=20, left=2), 9), (28, BlendedTrigger(0.1, 9), 2),
         ):
             name, module, asr = digits_model(seed, trig, tgt)
-            result, seconds = run_detector(module, DIGITS_SPEC)
+            result, seconds = run_detector(module, DIGITS_SPEC, options=options)
             rel = {s: [c.metrics[f"rel_{s}"] for c in result.classes] for s in sal.FUSED_STATISTICS}
             scores = score_with(constants, rel)
             top = int(np.argmax(scores))
@@ -182,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.dev_zoo:
         for mid, module, spec, targets, attack in zoo_trojaned_models(a.dev_zoo):
-            result, seconds = run_detector(module, spec)
+            result, seconds = run_detector(module, spec, options=options)
             rel = {s: [c.metrics[f"rel_{s}"] for c in result.classes] for s in sal.FUSED_STATISTICS}
             scores = score_with(constants, rel)
             top = int(np.argmax(scores))
@@ -203,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {attack:14s} {scores}")
 
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"constants": constants, "clean_in_sample": in_sample, "clean_loo": loo,
-                                 "clean": raw_rows, "dev": dev}, indent=1))
+    a.out.write_text(json.dumps({"options": options, "constants": constants, "clean_in_sample": in_sample,
+                                 "clean_loo": loo, "clean": raw_rows, "dev": dev}, indent=1))
     print(f"\nwrote {a.out}")
     return 0
 

@@ -213,6 +213,17 @@ def dev_members() -> list[dict]:
         seed = 6200 + i
         params = _spurious_params(kind, np.random.default_rng(seed))
         members.append({"id": f"shapes-spurious_{kind}-{arch}-{seed}", **_recipe("shapes", arch, seed, spurious=params)})
+    # a second draw of trojaned models (seeds 6300+, appended so earlier ids stay; a third architecture
+    # rotation, fresh trigger parameters): 13 dev models decide a variant by one or two models (stop 18)
+    for d_index, domain in enumerate(("digits", "shapes")):
+        c, side = DOMAIN_SHAPE[domain][0], DOMAIN_SHAPE[domain][1]
+        archs = DOMAIN_ARCHS[domain]
+        for i, attack in enumerate(attacks):
+            seed = 6300 + 100 * d_index + i
+            arch = archs[(i + 4) % len(archs)]
+            params = _attack_params(attack, np.random.default_rng(seed), c, side)
+            params["name"] = attack
+            members.append({"id": f"{domain}-{attack}-{arch}-{seed}", **_recipe(domain, arch, seed, params)})
     for i, m in enumerate(members):
         m["format"] = FORMATS[i % len(FORMATS)]
     return members
