@@ -8,8 +8,8 @@ Reads the per-class metrics that ``calibrate_saliency.py`` saved for the clean r
 dev split's trojaned models, and for each candidate set of statistics: calibrates every statistic's
 relative value on the clean models (leave-one-model-out for the clean scores, as the detector's
 constants would be), fuses with the detector's rule (mean of the two largest z's; ``--rule`` tries
-another) and prints the dev AUROC and how often the top class is a true target. The benchmarked zoo is never read, so a choice made
-here leaves it a blind test.
+another) and prints the dev AUROC and how often the top class is a true target. The benchmarked zoo is
+never read, so a choice made here leaves it a blind test.
 """
 
 from __future__ import annotations

@@ -46,9 +46,9 @@ Statistics are made relative within the model (value minus the median over the o
 turned into z-scores with constants measured on *clean* models that are not under test
 (:data:`CALIBRATION`, produced by ``bench/calibrate_saliency.py``). The class score is the mean of
 the two largest calibrated z's over the fused statistics (a backdoor raises several at once).
-The probe's sink share and the small ball's flip rate are reported but not fused: the small ball's
-flip rate lowered the dev AUROC, and the sink share, though it raised it, flagged more clean models on the
-benchmark (natural sinks; bench/RESULTS.md §3).
+The probe's sink share and the small ball's flip rate are reported but not fused: neither raises the
+AUROC on the 25-model dev split, and the sink share flagged more clean models on the benchmark (some
+classes collect noise on clean models too; bench/RESULTS.md §3).
 """
 
 from __future__ import annotations
@@ -84,8 +84,9 @@ CALIBRATION: dict[str, tuple[float, float]] = {
 }
 #: The default decision threshold on the class score (:func:`fused_class_score`): the smallest
 #: half-integer above every clean reference model's largest class score (leave-one-model-out scores:
-#: median 1.8, max 3.39 on a shapes VGG). The dev split's 13 trojaned models (`--dev-zoo bench/zoo/dev`,
-#: never scored by the bench) scored 2.0–66, median 4.8; AUROC 0.956 against the clean scores.
+#: median 1.8, max 3.39 on a shapes VGG). The dev split's 25 trojaned models (`--dev-zoo bench/zoo/dev`,
+#: never scored by the bench) scored 1.4–66, median 4.6; AUROC 0.878 against the clean scores (0.956 on
+#: the first 13, on which the statistics were chosen).
 DEFAULT_THRESHOLD = 3.5
 #: A class whose score exceeds ``EXTREME_FACTOR × threshold`` is called a backdoor target even when the
 #: transplant check does not reach 50 % (e.g. whole-image triggers that no small region reproduces).
