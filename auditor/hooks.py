@@ -10,7 +10,7 @@ keep one resolution, e.g. PointNet's per-point MLP, the last tensor of each chan
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -76,6 +76,19 @@ def capture_activations(
     finally:
         for h in handles:
             h.remove()
+
+
+@contextmanager
+def replaced_output(model: nn.Module, name: str, value: Callable[[], torch.Tensor]) -> Iterator[None]:
+    """While active, module ``name`` of ``model`` returns ``value()`` instead of its own output, so the
+    rest of the network runs on a tensor of our choosing (e.g. an optimised activation). The hook is
+    removed on exit, also when the body raises."""
+    module = dict(model.named_modules())[name]
+    handle = module.register_forward_hook(lambda _module, _inputs, _output: value())
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @dataclass(frozen=True)

@@ -224,6 +224,17 @@ def dev_members() -> list[dict]:
             params = _attack_params(attack, np.random.default_rng(seed), c, side)
             params["name"] = attack
             members.append({"id": f"{domain}-{attack}-{arch}-{seed}", **_recipe(domain, arch, seed, params)})
+    # a third draw (seeds 6500+, another rotation), built in stop 19 *before* it scored anything: the
+    # held-out check for variants chosen on the first two draws
+    for d_index, domain in enumerate(("digits", "shapes")):
+        c, side = DOMAIN_SHAPE[domain][0], DOMAIN_SHAPE[domain][1]
+        archs = DOMAIN_ARCHS[domain]
+        for i, attack in enumerate(attacks):
+            seed = 6500 + 100 * d_index + i
+            arch = archs[(i + 3) % len(archs)]
+            params = _attack_params(attack, np.random.default_rng(seed), c, side)
+            params["name"] = attack
+            members.append({"id": f"{domain}-{attack}-{arch}-{seed}", **_recipe(domain, arch, seed, params)})
     for i, m in enumerate(members):
         m["format"] = FORMATS[i % len(FORMATS)]
     return members

@@ -12,12 +12,15 @@ import torch
 from auditor.detectors import saliency as sal
 from auditor.detectors._saliency_core import (
     WindowScan,
+    feature_dominance,
     hard_top_k,
     pick_other_class_starts,
     project_capped_simplex,
+    split_layer,
     window_boxes,
 )
 from auditor.detectors.base import RunContext, count_hooks, create
+from auditor.hooks import replaced_output
 from auditor.sampling import SAMPLER_KINDS, unrestricted_samples
 
 # a lighter run for tests that check plumbing rather than detection quality
@@ -207,3 +210,40 @@ def test_calibration_helpers():
     assert rel.tolist() == [0.0, 0.0, 1.0, 0.0]
     centre, scale = sal.calibration_scale(np.zeros(50))
     assert centre == 0.0 and scale > 0
+
+
+def test_replaced_output_feeds_the_rest_of_the_network_and_always_cleans_up():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    value = torch.ones(1, 3)
+    with replaced_output(model, "1", lambda: value):
+        out = model(torch.randn(1, 4))
+    assert torch.allclose(out, model[2](value))
+    with pytest.raises(RuntimeError), replaced_output(model, "1", lambda: value):
+        raise RuntimeError("body fails")
+    assert count_hooks(model) == 0
+
+
+def test_feature_dominance_splits_at_a_stage_and_leaves_no_hooks(digits_twins):
+    x, _ = unrestricted_samples(16, (1, 28, 28), torch.Generator().manual_seed(0))
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    assert split_layer(mlp, x[:8])[1] is None  # no spatial stage: the statistic is left out, not faked
+    model = digits_twins.trojaned.model
+    hooks = count_hooks(model)
+    hooked, layer = split_layer(model, x[:8])
+    assert layer is not None
+    d = feature_dominance(hooked, layer, x, 10, generator=torch.Generator().manual_seed(0), steps=20, lr=0.01,
+                          restarts=1, decay=0.005, check=lambda: None)
+    assert d.shape == (10,) and torch.isfinite(d).all()
+    assert count_hooks(model) == hooks
+    # opt-in through the detector: reported per class, never part of the score
+    options = {**FAST, "feature_dominance": "true", "feature_steps": 10, "feature_restarts": 1}
+    on = create("saliency").run(digits_twins.trojaned, RunContext(seed=0, options=options))
+    off = create("saliency").run(digits_twins.trojaned, RunContext(seed=0, options=FAST))
+    assert all(math.isfinite(c.metrics["feature_dominance"]) for c in on.classes)
+    assert not any("feature_dominance" in c.metrics for c in off.classes)
+    assert [c.score for c in on.classes] == [c.score for c in off.classes]
+    assert count_hooks(model) == hooks
+    # the all-classes fusion leaves out a statistic that could not be measured (NaN) instead of failing
+    zs = {s: np.zeros(3) for s in sal.FUSED_STATISTICS}
+    zs[sal.FUSED_STATISTICS[0]] = np.array([np.nan, 2.0, 4.0])
+    assert np.all(np.isfinite(sal.fused_class_score(zs)))

@@ -364,3 +364,64 @@ def window_scan(
     pick = final_margin.argmax(1, keepdim=True)
     return WindowScan(margin, boxes, patterns, top.gather(1, pick)[:, 0], final_margin.gather(1, pick)[:, 0],
                       rates.gather(1, pick)[:, 0])
+
+
+def split_layer(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, str | None]:
+    """The module whose output :func:`feature_dominance` replaces: the stage *before* the deepest stage
+    (middle-deep features, where FreeEagle splits convolutional networks), or the only stage there is.
+    Returns ``(model to hook, module name)``; exported graphs get a tapped copy (hooks need modules),
+    and ``None`` as the name means the network has no spatial stage to split at (e.g. an MLP)."""
+    from auditor.hooks import choose_layers, with_graph_taps
+
+    stages = [ref for ref in choose_layers(model, example) if ref.role == "stage" and not ref.use_input]
+    if not stages:
+        tapped = with_graph_taps(model)
+        if tapped is not None:
+            model = tapped
+            stages = [ref for ref in choose_layers(model, example) if ref.role == "stage" and not ref.use_input]
+    if not stages:
+        return model, None
+    return model, stages[-2 if len(stages) >= 2 else -1].name
+
+
+def feature_dominance(model: nn.Module, layer: str, example: torch.Tensor, k: int, *, generator: torch.Generator,
+                      steps: int, lr: float, restarts: int, decay: float, check: Check) -> torch.Tensor:
+    """Per class j, how much j rises when the network *after* ``layer`` is driven to the other classes.
+
+    After FreeEagle (Fu et al., USENIX Security 2023), data-free: for every class c (``restarts`` times),
+    an activation h_c at ``layer`` — started from the activation of a random ``example`` input, kept
+    non-negative where the layer's outputs are (post-ReLU), with a little ℓ2 decay — is optimised by Adam
+    so that the rest of the network assigns it to c. Each resulting logit row is centred on its median and
+    divided by its mean absolute deviation; the statistic of class j is the mean of its entry over the
+    rows of the other classes. A backdoor's trigger features drive the target from anywhere in feature
+    space, whatever the trigger looks like in pixels, so the target tends to stand second behind every c.
+    Returns (K,) on the CPU."""
+    from auditor.hooks import LayerRef, capture_activations, replaced_output
+
+    with torch.no_grad(), capture_activations(model, [LayerRef(layer, layer)], detach=True) as acts:
+        model(example)
+    act = acts[layer]
+    nonneg = bool((act >= 0).all())
+    scale = float(act.pow(2).mean().sqrt().clamp_min(1e-8))
+    pick = torch.randint(len(example), (restarts * k,), generator=generator).to(example.device)
+    inputs = example[pick]
+    h = act[pick].clone().requires_grad_(True)
+    labels = torch.arange(k, device=example.device).repeat(restarts)
+    optimiser = torch.optim.Adam([h], lr=lr * scale)
+    with replaced_output(model, layer, lambda: h):
+        for step in range(steps):
+            if step % 25 == 0:
+                check()
+            loss = F.cross_entropy(model(inputs), labels) + decay * (h / scale).pow(2).mean()
+            (grad,) = torch.autograd.grad(loss, h)
+            optimiser.zero_grad()
+            h.grad = grad
+            optimiser.step()
+            if nonneg:
+                with torch.no_grad():
+                    h.clamp_(min=0)
+        with torch.no_grad():
+            logits = model(inputs).view(restarts, k, k).mean(0).double().cpu()
+    centred = logits - logits.quantile(0.5, dim=1, keepdim=True)
+    rows = centred / centred.abs().mean(1, keepdim=True).clamp_min(1e-9)
+    return ((rows.sum(0) - rows.diagonal()) / max(1, k - 1)).float()

@@ -42,6 +42,13 @@ All classes are processed in one batch. For every class t:
    A flagged class is called a "backdoor target" when the ladder's region or the best window (both
    ≤ 10 % of the image) flips ≥ 50 % of them, or when its score is extreme; otherwise "unusual".
 
+6. **Feature dominance (opt-in, ``feature_dominance=true``).** After FreeEagle (Fu et al., USENIX
+   Security 2023): activations at a middle-deep stage are optimised so that the rest of the network
+   assigns them to each class in turn; a class whose logit stands out in the *other* classes' rows is
+   driven from anywhere in feature space, whatever its trigger looks like in pixels. Reported as
+   ``feature_dominance``, not fused: it raised the dev AUROC on the two draws it was chosen on but
+   lowered it on a third draw scored afterwards (bench/RESULTS.md §3, stop 19).
+
 Statistics are made relative within the model (value minus the median over the other classes) and
 turned into z-scores with constants measured on *clean* models that are not under test
 (:data:`CALIBRATION`, produced by ``bench/calibrate_saliency.py``). The class score is the mean of
@@ -60,6 +67,7 @@ import torch
 
 from auditor.detectors import _saliency_core as core
 from auditor.detectors.base import ClassEvidence, Detector, EvidenceImage, Findings, RunContext, register
+from auditor.hooks import display_name
 from auditor.sampling import SAMPLER_KINDS, unrestricted_samples
 from auditor.stats import squash
 from auditor.target import ModelTarget
@@ -120,6 +128,12 @@ _DEFAULTS = {
     "window_steps": 40,          # window scan: Adam steps of the position-agnostic pattern
     "window_screen": 8,          # window scan: held-out inputs per class every window is screened on
     "window_finalists": 4,       # window scan: best screened windows measured on all held-out inputs
+    "feature_dominance": False,  # opt-in FreeEagle-style statistic (reported, not fused; ≈ 2–4 s)
+    "feature_examples": 64,      # feature dominance: probe inputs whose activations start the dummies
+    "feature_steps": 300,        # feature dominance: Adam steps on the split layer's activations
+    "feature_lr": 0.01,          # feature dominance: Adam learning rate, in units of the activations' RMS
+    "feature_restarts": 2,       # feature dominance: dummies per class (their logits are averaged)
+    "feature_decay": 0.005,      # feature dominance: ℓ2 decay on the dummies (in RMS units)
 }
 
 
@@ -143,7 +157,9 @@ class SaliencyDetector(Detector):
     ``window_area`` 0.04 (share of the image), ``window_stride`` 0.5 (of the window's side),
     ``window_steps`` 40, ``window_screen`` 8 and ``window_finalists`` 4 for the window scan;
     ``percentile`` 99 display scaling; ``threshold`` 3.5 on the fused class score
-    (``--threshold`` overrides).
+    (``--threshold`` overrides); ``feature_dominance`` false (true adds the FreeEagle-style statistic, with
+    ``feature_examples`` 64, ``feature_steps`` 300, ``feature_lr`` 0.01, ``feature_restarts`` 2,
+    ``feature_decay`` 0.005).
     """
 
     def _run(self, target: ModelTarget, context: RunContext) -> Findings:
@@ -220,6 +236,22 @@ class SaliencyDetector(Detector):
                                 generator=context.generator("cpu", salt=6), check=context.check_time,
                                 screen=int(opt["window_screen"]), finalists=int(opt["window_finalists"]))
 
+        # 3c. opt-in: feature-space dominance (FreeEagle-style), which class rises when the back half of
+        # the network is driven to every other class, whatever the trigger looks like in pixels. Reported,
+        # not fused: it did not hold up on a held-out dev draw (bench/RESULTS.md §3, stop 19)
+        dominance, layer = np.full(k, np.nan), None
+        if opt["feature_dominance"]:
+            context.report("feature dominance", 0.85)
+            g_feature = context.generator("cpu", salt=7)
+            example = pool[torch.randperm(len(pool), generator=g_feature)[: int(opt["feature_examples"])].to(device)]
+            hooked, layer = core.split_layer(model, example[:8])
+        if layer is not None:
+            dominance = core.feature_dominance(
+                hooked, layer, example, k, generator=g_feature, steps=int(opt["feature_steps"]),
+                lr=float(opt["feature_lr"]), restarts=int(opt["feature_restarts"]),
+                decay=float(opt["feature_decay"]), check=context.check_time).double().numpy()
+            opt["feature_layer"] = display_name(layer)  # named in the description
+
         # 4. transplant onto held-out other-class inputs
         context.report("transplant", 0.9)
         binary = core.binarise(ladder.masks, budgets)
@@ -238,6 +270,7 @@ class SaliencyDetector(Detector):
             "shortcut_margin": _in_typical_units(shortcut_logits),
             "transplant_margin": _in_typical_units(pasted_margin.mean(1).cpu().double().numpy()),
             "window_margin": _in_typical_units(scan.best_margin.cpu().double().numpy()),
+            "feature_dominance": dominance,
         }
         shortcut_flip = torch.nan_to_num(shortcut.flip_rate, nan=1.0).cpu().double().numpy()
         rel = {name: relative_to_others(v) for name, v in raw.items()}
@@ -299,7 +332,9 @@ class SaliencyDetector(Detector):
                             "location_map_concentration": top_share(heat[t], 0.05)})
             metrics.update({f"sink_share[{name}]": float(v[t]) for name, v in kind_sink.items()})
             metrics.update({f"z_{name}": float(zs[name][t]) for name in FUSED_STATISTICS})
-            metrics.update({f"rel_{name}": float(rel[name][t]) for name in raw})
+            metrics.update({f"rel_{name}": float(rel[name][t]) for name in raw if np.isfinite(rel[name][t])})
+            if np.isfinite(raw["feature_dominance"][t]):
+                metrics["feature_dominance"] = float(raw["feature_dominance"][t])
             images = [
                 EvidenceImage(percentile_scale(universal_map[t], pct),
                               f"class map of {target.label(t)!r}: refined ℓ2 universal perturbation "
@@ -350,6 +385,10 @@ class SaliencyDetector(Detector):
             f"each as a z against clean reference models "
             f"(flagged when the mean of a class's two largest z's > {threshold:g})."
         )
+        if "feature_layer" in opt:
+            description += (f" Also reported, not scored: feature dominance, the mean standing of each class's "
+                            f"logit when the activations of {opt['feature_layer']} are optimised "
+                            f"({int(opt['feature_steps'])} Adam steps) toward each other class (FreeEagle-style).")
         return Findings(
             model_score=squash(top, threshold, width=max(threshold / 4.0, 0.5)),
             classes=tuple(classes), threshold=threshold, description=description,
@@ -435,8 +474,10 @@ def fused_class_score(zs: dict[str, np.ndarray]) -> np.ndarray:
     clean reference models and the trojaned dev models (bench/calibrate_saliency.py) the mean of the top
     two separated them with a wider gap than the single largest z (clean ≤ 3.4 vs trojaned ≥ 4.9, against
     ≤ 5.2 vs ≥ 5.6)."""
-    stacked = np.sort(np.stack([zs[s] for s in FUSED_STATISTICS], axis=1), axis=1)
-    return stacked[:, -2:].mean(axis=1)
+    stacked = np.stack([zs[s] for s in FUSED_STATISTICS], axis=1)
+    # a statistic that cannot be measured on this model (NaN: no stage to split at) is left out
+    stacked = np.sort(np.where(np.isfinite(stacked), stacked, -np.inf), axis=1)[:, -2:]
+    return np.where(np.isfinite(stacked), stacked, np.nan).mean(axis=1)
 
 
 def _top_statistic(zs: dict[str, np.ndarray], t: int) -> str:
