@@ -370,7 +370,9 @@ def split_layer(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, str
     """The module whose output :func:`feature_dominance` replaces: the stage *before* the deepest stage
     (middle-deep features, where FreeEagle splits convolutional networks), or the only stage there is.
     Returns ``(model to hook, module name)``; exported graphs get a tapped copy (hooks need modules),
-    and ``None`` as the name means the network has no spatial stage to split at (e.g. an MLP)."""
+    and ``None`` as the name means the network has no spatial stage to split at (e.g. an MLP).
+    Caveat: in a ViT, :func:`~auditor.hooks.choose_layers` groups tensors by width, so the "stage" can be
+    an MLP's hidden activation, which the residual stream bypasses; the statistic is then a partial split."""
     from auditor.hooks import choose_layers, with_graph_taps
 
     stages = [ref for ref in choose_layers(model, example) if ref.role == "stage" and not ref.use_input]

@@ -239,18 +239,18 @@ class SaliencyDetector(Detector):
         # 3c. opt-in: feature-space dominance (FreeEagle-style), which class rises when the back half of
         # the network is driven to every other class, whatever the trigger looks like in pixels. Reported,
         # not fused: it did not hold up on a held-out dev draw (bench/RESULTS.md §3, stop 19)
-        dominance, layer = np.full(k, np.nan), None
+        dominance = np.full(k, np.nan)  # not measured: left out of the metrics
         if opt["feature_dominance"]:
             context.report("feature dominance", 0.85)
             g_feature = context.generator("cpu", salt=7)
             example = pool[torch.randperm(len(pool), generator=g_feature)[: int(opt["feature_examples"])].to(device)]
             hooked, layer = core.split_layer(model, example[:8])
-        if layer is not None:
-            dominance = core.feature_dominance(
-                hooked, layer, example, k, generator=g_feature, steps=int(opt["feature_steps"]),
-                lr=float(opt["feature_lr"]), restarts=int(opt["feature_restarts"]),
-                decay=float(opt["feature_decay"]), check=context.check_time).double().numpy()
-            opt["feature_layer"] = display_name(layer)  # named in the description
+            if layer is not None:
+                dominance = core.feature_dominance(
+                    hooked, layer, example, k, generator=g_feature, steps=int(opt["feature_steps"]),
+                    lr=float(opt["feature_lr"]), restarts=int(opt["feature_restarts"]),
+                    decay=float(opt["feature_decay"]), check=context.check_time).double().numpy()
+                opt["feature_layer"] = display_name(layer)  # named in the description
 
         # 4. transplant onto held-out other-class inputs
         context.report("transplant", 0.9)
@@ -474,10 +474,8 @@ def fused_class_score(zs: dict[str, np.ndarray]) -> np.ndarray:
     clean reference models and the trojaned dev models (bench/calibrate_saliency.py) the mean of the top
     two separated them with a wider gap than the single largest z (clean ≤ 3.4 vs trojaned ≥ 4.9, against
     ≤ 5.2 vs ≥ 5.6)."""
-    stacked = np.stack([zs[s] for s in FUSED_STATISTICS], axis=1)
-    # a statistic that cannot be measured on this model (NaN: no stage to split at) is left out
-    stacked = np.sort(np.where(np.isfinite(stacked), stacked, -np.inf), axis=1)[:, -2:]
-    return np.where(np.isfinite(stacked), stacked, np.nan).mean(axis=1)
+    stacked = np.sort(np.stack([zs[s] for s in FUSED_STATISTICS], axis=1), axis=1)
+    return stacked[:, -2:].mean(axis=1)
 
 
 def _top_statistic(zs: dict[str, np.ndarray], t: int) -> str:
