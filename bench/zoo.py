@@ -191,50 +191,52 @@ def reference_members() -> list[dict]:
     return members
 
 
-def dev_members() -> list[dict]:
-    """*Development* models: every image attack of the zoo but all-to-all (which reached the quality bar
-    nowhere), on both image domains, plus three shapes spurious-correlation models, with seeds (6000+),
-    trigger parameters and architecture rotation disjoint from the zoo's. Detector statistics are chosen on these (against the clean reference population),
-    never on the members the benchmark scores."""
-    members = []
-    attacks = ("patch", "patch_random", "blended", "sig", "wanet", "two_target", "low_poison", "large_patch")
+#: Attacks of the dev split: every image attack of the zoo but all-to-all (which reached the quality bar nowhere).
+DEV_ATTACKS = ("patch", "patch_random", "blended", "sig", "wanet", "two_target", "low_poison", "large_patch")
+
+#: Draws of trojaned dev models, appended in the order they were built so earlier ids stay:
+#: (first seed, architecture rotation). Seeds are base + 100 × domain index + attack index.
+DEV_DRAWS = (
+    (6000, 2),   # draw 1: another rotation than the zoo's
+    (6300, 4),   # draw 2 (stop 18): 13 dev models decided a variant by one or two models
+    (6500, 3),   # draw 3 (stop 19), built *before* it scored anything: held out for variants chosen on 1–2
+    (6700, 1),   # draw 4 (stop 20), two seed blocks, built before anything scored it: held out for
+    (6900, 0),   # the variants designed after looking at draw 3
+    (7100, 2),   # draw 5 (stop 20), two seed blocks, built before the variants chosen on draws 1–4
+    (7300, 4),   # were fixed
+)
+
+
+def _dev_draw(base_seed: int, rotation: int) -> list[dict]:
+    """One draw of trojaned dev models: every dev attack on both image domains, fresh trigger parameters."""
+    out = []
     for d_index, domain in enumerate(("digits", "shapes")):
         c, side = DOMAIN_SHAPE[domain][0], DOMAIN_SHAPE[domain][1]
         archs = DOMAIN_ARCHS[domain]
-        for i, attack in enumerate(attacks):
-            seed = 6000 + 100 * d_index + i
-            arch = archs[(i + 2) % len(archs)]  # another rotation than the zoo's
+        for i, attack in enumerate(DEV_ATTACKS):
+            seed = base_seed + 100 * d_index + i
+            arch = archs[(i + rotation) % len(archs)]
             params = _attack_params(attack, np.random.default_rng(seed), c, side)
             params["name"] = attack
-            members.append({"id": f"{domain}-{attack}-{arch}-{seed}", **_recipe(domain, arch, seed, params)})
+            out.append({"id": f"{domain}-{attack}-{arch}-{seed}", **_recipe(domain, arch, seed, params)})
+    return out
+
+
+def dev_members() -> list[dict]:
+    """*Development* models: the :data:`DEV_DRAWS` of trojaned models plus three shapes spurious-correlation
+    models, with seeds (6000+), trigger parameters and architecture rotations disjoint from the zoo's.
+    Detector statistics are chosen on these (against the clean reference population), never on the
+    members the benchmark scores; later draws are the held-out check for what earlier ones chose
+    (bench/RESULTS.md §3)."""
+    members = _dev_draw(*DEV_DRAWS[0])
     # spurious-correlation dev models for the diffusion probe (shapes: the zoo's hard case), other
     # architectures per feature than the zoo's
     for i, (arch, kind) in enumerate((("resnet", "frame"), ("mobilenet", "texture"), ("vgg", "frame"))):
         seed = 6200 + i
         params = _spurious_params(kind, np.random.default_rng(seed))
         members.append({"id": f"shapes-spurious_{kind}-{arch}-{seed}", **_recipe("shapes", arch, seed, spurious=params)})
-    # a second draw of trojaned models (seeds 6300+, appended so earlier ids stay; a third architecture
-    # rotation, fresh trigger parameters): 13 dev models decide a variant by one or two models (stop 18)
-    for d_index, domain in enumerate(("digits", "shapes")):
-        c, side = DOMAIN_SHAPE[domain][0], DOMAIN_SHAPE[domain][1]
-        archs = DOMAIN_ARCHS[domain]
-        for i, attack in enumerate(attacks):
-            seed = 6300 + 100 * d_index + i
-            arch = archs[(i + 4) % len(archs)]
-            params = _attack_params(attack, np.random.default_rng(seed), c, side)
-            params["name"] = attack
-            members.append({"id": f"{domain}-{attack}-{arch}-{seed}", **_recipe(domain, arch, seed, params)})
-    # a third draw (seeds 6500+, another rotation), built in stop 19 *before* it scored anything: the
-    # held-out check for variants chosen on the first two draws
-    for d_index, domain in enumerate(("digits", "shapes")):
-        c, side = DOMAIN_SHAPE[domain][0], DOMAIN_SHAPE[domain][1]
-        archs = DOMAIN_ARCHS[domain]
-        for i, attack in enumerate(attacks):
-            seed = 6500 + 100 * d_index + i
-            arch = archs[(i + 3) % len(archs)]
-            params = _attack_params(attack, np.random.default_rng(seed), c, side)
-            params["name"] = attack
-            members.append({"id": f"{domain}-{attack}-{arch}-{seed}", **_recipe(domain, arch, seed, params)})
+    for base_seed, rotation in DEV_DRAWS[1:]:
+        members.extend(_dev_draw(base_seed, rotation))
     for i, m in enumerate(members):
         m["format"] = FORMATS[i % len(FORMATS)]
     return members
