@@ -204,6 +204,8 @@ DEV_DRAWS = (
     (6900, 0),   # the variants designed after looking at draw 3
     (7100, 2),   # draw 5 (stop 20), two seed blocks, built before the variants chosen on draws 1–4
     (7300, 4),   # were fixed
+    (7500, 3),   # draw 6 (stop 20), two seed blocks, built before anything scored it: held out for a
+    (7700, 1),   # second candidate chosen on draws 1–4 (draw 5 had judged the first)
 )
 
 
