@@ -226,7 +226,8 @@ def _dev_draw(base_seed: int, rotation: int) -> list[dict]:
 
 def dev_members() -> list[dict]:
     """*Development* models: the :data:`DEV_DRAWS` of trojaned models plus three shapes spurious-correlation
-    models, with seeds (6000+), trigger parameters and architecture rotations disjoint from the zoo's.
+    models, with seeds (6000–7807; 7000–7003 are also the seeds of the zoo's point-cloud members, another
+    domain), trigger parameters and architecture rotations that differ from the zoo's.
     Detector statistics are chosen on these (against the clean reference population), never on the
     members the benchmark scores; later draws are the held-out check for what earlier ones chose
     (bench/RESULTS.md §3)."""
