@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import traceback
 import warnings
 from importlib import resources
@@ -118,6 +119,9 @@ def scan_options(func):
              help="Override a detector's decision threshold: NAME=VALUE (repeatable)."),
         _opt("--option", "detector_options", multiple=True,
              help="Detector option: NAME.KEY=VALUE (repeatable), e.g. max_margin.steps=100."),
+        _opt("--effort", default="auto", show_default=True,
+             help="Share of the default detector work to spend, in (0, 1]; auto = 1 unless the model is so large "
+                  "that the work exceeds the device's FLOP budget (then less, said in the report)."),
         _opt("--timeout", type=float, default=None, help="Time budget per detector in seconds."),
         _opt("--total-timeout", type=float, default=None, help="Time budget for all detectors together."),
         _opt("--max-input-pixels", type=int, default=None, help="Refuse inputs with more values per sample [default: 3·1024²]."),
@@ -260,9 +264,10 @@ def list_detectors(as_json: bool) -> None:
 def _run_scan(model: str, out_dir: Path, builtin_data=None, **kw) -> int:
     from dataclasses import replace
 
+    from auditor.compute import parse_effort
     from auditor.detectors.base import RunContext
     from auditor.output import parse_formats, write_reports
-    from auditor.scan import resolve_detectors, scan
+    from auditor.scan import plan_compute, resolve_detectors, scan
 
     formats = parse_formats(kw["formats"])
     names = [n.strip() for n in kw["detectors"].split(",") if n.strip()] if kw["detectors"] else None
@@ -270,6 +275,7 @@ def _run_scan(model: str, out_dir: Path, builtin_data=None, **kw) -> int:
         resolve_detectors(names, "image")  # unknown names are a usage error before any loading work
     thresholds = _pairs(kw["thresholds"], "--threshold", dotted=False)
     options = _pairs(kw["detector_options"], "--option", dotted=True)
+    effort = parse_effort(kw["effort"])
     console = _console(kw["quiet"])
     with _status(console, "loading model"):
         target, data = _load_for_cli(model, kw)
@@ -279,11 +285,16 @@ def _run_scan(model: str, out_dir: Path, builtin_data=None, **kw) -> int:
     settings = {"detectors": names, "thresholds": thresholds, "options": options,
                 "data": data.source if data is not None else None,
                 "input": target.spec.describe()}
+    compute = plan_compute(target, names, options, effort=effort)
+    if compute.effort < 1.0 and console is not None:
+        hint = "; pass --effort 1 (or --device cuda) for the full work" if compute.requested == "auto" else ""
+        console.print(f"auditor: {compute.describe()}{hint}", markup=False, highlight=False, soft_wrap=True)
     with _progress(console) as observer:
         context = RunContext(seed=kw["seed"], data=data, progress=observer.detector_progress)
         report = scan(target, names, context, options=options, thresholds=thresholds,
                       detector_timeout_s=kw["timeout"], total_timeout_s=kw["total_timeout"],
-                      observer=observer.detector_event, settings=settings, fidelity=kw["fidelity"])
+                      observer=observer.detector_event, settings=settings, fidelity=kw["fidelity"],
+                      compute=compute)
     report = replace(report, model=replace(report.model, path=str(model)))
     written = write_reports(report, out_dir, formats)
     if console is not None:
@@ -370,14 +381,23 @@ def _console(quiet: bool):
 
 
 class _Observer:
-    """Progress bars on a TTY only; otherwise silent."""
+    """Progress bars on a TTY; elsewhere (CI logs, pipes) one plain line per detector start and end."""
 
-    def __init__(self, progress):
+    def __init__(self, progress, console=None):
         self.progress = progress
+        self.console = console
         self.task = None
+        self.started = 0.0
 
     def detector_event(self, name: str, event: str) -> None:
         if self.progress is None:
+            if self.console is not None:
+                if event == "start":
+                    self.started = time.monotonic()
+                    self.console.print(f"auditor: running {name}", markup=False, highlight=False, soft_wrap=True)
+                else:
+                    self.console.print(f"auditor: {name} finished in {time.monotonic() - self.started:.1f} s",
+                                       markup=False, highlight=False, soft_wrap=True)
             return
         if event == "start":
             self.task = self.progress.add_task(name, total=1.0)
@@ -401,7 +421,8 @@ class _progress:
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                                 console=self.console, transient=True)
             self.bar.__enter__()
-        return _Observer(self.bar)
+            return _Observer(self.bar)
+        return _Observer(None, self.console)
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:

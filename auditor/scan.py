@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from auditor import __version__
+from auditor.compute import ComputePlan, parse_effort, plan
 from auditor.detectors import create, registered
 from auditor.detectors.base import DetectorResult, RunContext
 from auditor.errors import UsageError
@@ -71,6 +72,7 @@ def scan(
     observer: DetectorObserver | None = None,
     settings: Mapping[str, Any] | None = None,
     fidelity: bool = False,
+    compute: ComputePlan | None = None,
 ) -> AuditReport:
     """Run ``detectors`` (names; None = defaults) in order and fuse their results.
 
@@ -78,10 +80,14 @@ def scan(
     per-detector budget and what is left of the total; once the total is spent the remaining
     detectors are reported as ``failed: timeout`` without running. With ``fidelity``, every class map
     gets measured faithfulness badges and the fidelity suite's figures are attached to the report.
+    ``compute`` is the compute plan (default: :func:`plan_compute` with the automatic budget): each
+    detector runs at its effort, and the plan is recorded in the report's settings.
     """
     names = resolve_detectors(detectors, target.spec.modality)
     options = options or {}
     thresholds = thresholds or {}
+    compute = compute or plan_compute(target, names, options)
+    settings = {**(settings or {}), "compute": compute.to_dict()}
     started = time.monotonic()
     results: list[DetectorResult] = []
     timings: dict[str, float] = {}
@@ -92,7 +98,7 @@ def scan(
             continue
         budget = _min_optional(detector_timeout_s, remaining)
         ctx = replace(context, time_budget_s=budget, options=dict(options.get(name, {})),
-                      threshold=thresholds.get(name, context.threshold))
+                      threshold=thresholds.get(name, context.threshold), effort=compute.efforts.get(name, 1.0))
         if observer:
             observer(name, "start")
         result = create(name).run(target, ctx)
@@ -115,6 +121,30 @@ def scan(
         seed=context.seed, verdict=fuse(results, target.labels), results=tuple(results), timings=timings,
         device=str(target.device), settings=dict(settings or {}), fidelity=suite,
     )
+
+
+def plan_compute(
+    target: ModelTarget,
+    detectors: Sequence[str],
+    options: Mapping[str, Mapping[str, Any]],
+    *,
+    effort: float | None = None,
+    budget_flops: float | None = None,
+) -> ComputePlan:
+    """The compute plan for running ``detectors`` on ``target`` (see :mod:`auditor.compute`); a detector
+    option ``effort`` (``--option NAME.effort=X``) fixes that detector's effort."""
+    known = registered()
+    work = {name: (known[name].planned_passes(target.num_classes, RunContext(options=dict(options.get(name, {})))),
+                   known[name].info.tolerated_effort) for name in detectors}
+    computed = plan(target, work, effort=effort, budget_flops=budget_flops)
+    fixed = {name: parse_effort(options[name]["effort"], f"--option {name}.effort") for name in detectors
+             if "effort" in options.get(name, {})}
+    fixed = {name: value for name, value in fixed.items() if value is not None}
+    if not fixed:
+        return computed
+    by_option = ", ".join(f"--option {n}.effort" for n in fixed)
+    requested = by_option if computed.requested == "auto" else f"{computed.requested} and {by_option}"
+    return replace(computed, efforts={**computed.efforts, **fixed}, requested=requested)
 
 
 def run_fidelity_suite(target: ModelTarget, context: RunContext) -> tuple[Any, str]:

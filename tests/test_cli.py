@@ -112,6 +112,7 @@ def test_strict_turns_skips_into_exit_3(tmp_path):
         ("input-shape", 2, "does not match"),
         ("unknown-detector", 2, "unknown detector"),
         ("bad-format", 2, "--format"),
+        ("bad-effort", 2, "--effort"),
     ],
 )
 def test_bad_input_gives_one_line_and_the_right_exit_code(tmp_path, case, expected_code, message):
@@ -134,6 +135,8 @@ def test_bad_input_gives_one_line_and_the_right_exit_code(tmp_path, case, expect
         args += [str(DEMO), "--detectors", "max_margin,telepathy"]
     elif case == "bad-format":
         args += [str(DEMO), "--format", "pdf"]
+    elif case == "bad-effort":
+        args += [str(DEMO), "--effort", "2"]
     proc = auditor(*args, "--out", str(tmp_path / "out"))
     assert proc.returncode == expected_code, proc.stderr
     line = one_line_error(proc)

@@ -118,7 +118,8 @@ class RunContext:
 
     No global RNG: detectors draw randomness from :meth:`generator`. ``options`` holds this
     detector's own options (``--option NAME.KEY=VALUE``); ``threshold`` overrides the detector's
-    default decision threshold.
+    default decision threshold. ``effort`` (≤ 1) is the share of its default work a detector spends
+    (:mod:`auditor.compute` lowers it for large models; read it through :meth:`work_count`).
     """
 
     seed: int = 0
@@ -127,6 +128,7 @@ class RunContext:
     progress: ProgressObserver | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     threshold: float | None = None
+    effort: float = 1.0
     started_at: float = field(default_factory=time.monotonic)
 
     def generator(self, device: torch.device | str = "cpu", salt: int = 0) -> torch.Generator:
@@ -143,6 +145,13 @@ class RunContext:
     def report(self, stage: str, fraction: float) -> None:
         if self.progress is not None:
             self.progress(stage, min(max(fraction, 0.0), 1.0))
+
+    def work_count(self, key: str, default: int, factor: float, floor: int) -> int:
+        """A work count (samples, steps) at ``factor`` of its default, never below ``floor``; an option
+        the user set explicitly is used as given. Detectors derive ``factor`` from :attr:`effort`."""
+        if key in self.options:
+            return int(self.option(key, default))
+        return max(int(floor), min(int(default), round(default * factor)))
 
     def option(self, key: str, default: Any) -> Any:
         """An option value, converted to the type of ``default`` (options arrive as strings from the CLI)."""
@@ -174,6 +183,9 @@ class DetectorInfo:
     prefers_gpu: bool = False
     modalities: tuple[str, ...] = ("image",)
     default: bool = True
+    #: The lowest effort (share of its default work) at which the detector's zoo figures held; the compute
+    #: plan (auditor.compute) takes a large model's budget from such detectors first.
+    tolerated_effort: float = 1.0
 
 
 class Detector(ABC):
@@ -223,6 +235,12 @@ class Detector(ABC):
             return "needs clean samples: pass --data DIR_OR_NPZ"
         return ""
 
+    @classmethod
+    def planned_passes(cls, num_classes: int, context: RunContext) -> float:
+        """Forward-pass equivalents (a backward pass counts as two) of this detector's work at effort 1
+        with ``context``'s options, for the compute plan. 0 = this detector does not scale its work."""
+        return 0.0
+
     @abstractmethod
     def _run(self, target: ModelTarget, context: RunContext) -> Findings:
         """Detector body. Works in canonical input space on ``target.device``."""
@@ -241,6 +259,7 @@ def register(
     prefers_gpu: bool = False,
     modalities: tuple[str, ...] = ("image",),
     default: bool = True,
+    tolerated_effort: float = 1.0,
 ) -> Callable[[type[Detector]], type[Detector]]:
     """Class decorator adding a detector to the registry; refuses duplicate names."""
 
@@ -250,6 +269,7 @@ def register(
         cls.info = DetectorInfo(
             name=name, summary=summary, reference=reference, needs_gradients=needs_gradients,
             needs_data=needs_data, prefers_gpu=prefers_gpu, modalities=modalities, default=default,
+            tolerated_effort=tolerated_effort,
         )
         _REGISTRY[name] = cls
         return cls

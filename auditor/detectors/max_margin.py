@@ -21,6 +21,9 @@ from auditor.detectors.base import ClassEvidence, Detector, EvidenceImage, Findi
 from auditor.stats import leave_one_out_z
 from auditor.target import ModelTarget
 
+#: The paper's settings: random starts per class and SGD/Adam steps (full effort).
+STARTS, STEPS = 30, 300
+
 
 def margins(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """z_t − max_{j≠t} z_j per row."""
@@ -59,14 +62,22 @@ def order_statistic_p_values(stat: np.ndarray) -> np.ndarray:
     needs_gradients=True,
     needs_data=False,
     modalities=("image", "points"),
+    # zoo AUROC 0.87 at effort 1, 0.85 at 0.25 and at 0.1, no clean model flagged at either (RESULTS §8)
+    tolerated_effort=0.1,
 )
 class MaxMarginDetector(Detector):
     """Options: ``starts`` (random starts per class, 30), ``steps`` (300), ``lr`` (0.05),
-    ``p_threshold`` (0.05; ``--threshold`` overrides)."""
+    ``p_threshold`` (0.05; ``--threshold`` overrides). Below effort 1 (large models, :mod:`auditor.compute`)
+    starts and steps shrink by √effort each, to at least 5 starts and 60 steps."""
+
+    @classmethod
+    def planned_passes(cls, num_classes: int, context: RunContext) -> float:
+        return 3.0 * num_classes * int(context.option("starts", STARTS)) * int(context.option("steps", STEPS))
 
     def _run(self, target: ModelTarget, context: RunContext) -> Findings:
-        starts = int(context.option("starts", 30))
-        steps = int(context.option("steps", 300))
+        factor = math.sqrt(context.effort)
+        starts = context.work_count("starts", STARTS, factor, floor=5)
+        steps = context.work_count("steps", STEPS, factor, floor=60)
         lr = float(context.option("lr", 0.05))
         p_threshold = float(context.threshold if context.threshold is not None else context.option("p_threshold", 0.05))
         k = target.num_classes
@@ -124,8 +135,12 @@ class MaxMarginDetector(Detector):
                 f"Maximised the margin z_t − max_j≠t z_j for every class from {starts} uniform random starts "
                 f"({steps} Adam steps, inputs clamped to the valid range); a gamma null fitted to the other "
                 f"classes' maxima gives each class an order-statistic p-value (flag p < {p_threshold:g})."
+                + ("" if starts * steps >= STARTS * STEPS else
+                   f" Ran at reduced effort: fewer starts and steps than the paper's {STARTS} × {STEPS} "
+                   f"(--effort 1 for the full work).")
             ),
-            metrics={"min_p_value": min_p},
+            metrics={"min_p_value": min_p, "starts": float(starts), "steps": float(steps),
+                     "effort": starts * steps / (STARTS * STEPS)},
         )
 
 

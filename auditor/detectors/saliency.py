@@ -162,8 +162,19 @@ class SaliencyDetector(Detector):
     ``feature_decay`` 0.005).
     """
 
+    @classmethod
+    def planned_passes(cls, num_classes: int, context: RunContext) -> float:
+        """Gradient passes of the universal maps (two balls), the mask ladder and the window scan, ×3 for
+        the backward pass, plus the probe pools (the transplant and screening passes are small)."""
+        opt = {key: context.option(key, default) for key, default in _DEFAULTS.items()}
+        budgets = len(tuple(opt["budgets"])) if isinstance(opt["budgets"], tuple) else len(str(opt["budgets"]).split(","))
+        per_class = (2 * int(opt["uap_batch"]) * int(opt["uap_steps"]) + int(opt["starts"]) * int(opt["steps"]) * budgets
+                     + int(opt["starts"]) * int(opt["window_steps"]))
+        return 3.0 * num_classes * per_class + 2.0 * int(opt["pool"])
+
     def _run(self, target: ModelTarget, context: RunContext) -> Findings:
         opt = {key: context.option(key, default) for key, default in _DEFAULTS.items()}
+        opt.update(_work_counts(context))
         threshold = float(context.threshold if context.threshold is not None
                           else context.option("threshold", DEFAULT_THRESHOLD))
         kinds = tuple(s.strip() for s in str(opt["kinds"]).split(",") if s.strip())
@@ -385,6 +396,12 @@ class SaliencyDetector(Detector):
             f"each as a z against clean reference models "
             f"(flagged when the mean of a class's two largest z's > {threshold:g})."
         )
+        effort = _effective_effort(opt, k)
+        if effort < 1.0:
+            description += (f" Ran at reduced effort, {effort:.2g} of the default work ({int(opt['starts'])} "
+                            f"starts and {int(opt['uap_batch'])} samples per step per class, {int(opt['steps'])}/"
+                            f"{int(opt['uap_steps'])}/{int(opt['window_steps'])} steps): the statistics are noisier than "
+                            f"at the effort the threshold was calibrated at (--effort 1 for the full work).")
         if "feature_layer" in opt:
             description += (f" Also reported, not scored: feature dominance, the mean standing of each class's "
                             f"logit when the activations of {opt['feature_layer']} are optimised "
@@ -392,13 +409,38 @@ class SaliencyDetector(Detector):
         return Findings(
             model_score=squash(top, threshold, width=max(threshold / 4.0, 0.5)),
             classes=tuple(classes), threshold=threshold, description=description,
-            metrics={"max_score": top, "max_sink_share": float(np.max(raw["sink_share"]))},
+            metrics={"max_score": top, "max_sink_share": float(np.max(raw["sink_share"])),
+                     "effort": effort},
             images=(EvidenceImage(grid, grid_caption, kind="class_map_grid"),),
         )
 
 
 # --------------------------------------------------------------------------------------------------
 # Helpers (public: the calibration script and tests use them)
+
+
+def _work_counts(context: RunContext) -> dict[str, int]:
+    """Sample and step counts at ``context.effort`` (:mod:`auditor.compute`).
+
+    Sample counts shrink first (to a quarter): the statistics are means over samples, so fewer samples
+    make them noisier but keep their calibrated centre. Only below effort 0.25 do the step counts shrink
+    too (to 40 %), which moves the statistics themselves away from the calibration."""
+    effort = float(context.effort)
+    samples = max(effort, 0.25)
+    steps = max(effort / samples, 0.4)
+    return {
+        "starts": context.work_count("starts", _DEFAULTS["starts"], samples, floor=2),
+        "uap_batch": context.work_count("uap_batch", _DEFAULTS["uap_batch"], samples, floor=4),
+        "steps": context.work_count("steps", _DEFAULTS["steps"], steps, floor=20),
+        "uap_steps": context.work_count("uap_steps", _DEFAULTS["uap_steps"], steps, floor=8),
+        "window_steps": context.work_count("window_steps", _DEFAULTS["window_steps"], steps, floor=16),
+    }
+
+
+def _effective_effort(opt: dict, num_classes: int) -> float:
+    """The share of the default work this run spent (1 at the defaults)."""
+    ran = SaliencyDetector.planned_passes(num_classes, RunContext(options=opt))
+    return ran / SaliencyDetector.planned_passes(num_classes, RunContext())
 
 
 def relative_to_others(values: np.ndarray) -> np.ndarray:

@@ -107,10 +107,16 @@ def view_model(report: AuditReport) -> dict[str, Any]:
             ("file", report.model.path), ("sha256", report.model.sha256), ("format", report.model.format),
             ("input", report.spec.describe()), ("classes", str(report.num_classes)),
             ("device", report.device), ("seed", str(report.seed)), ("auditor", report.tool_version),
-        ] + [("note", n) for n in report.model.notes],
+        ] + _compute_row(report) + [("note", n) for n in report.model.notes],
         "timings": [(k, _num(v, 2)) for k, v in report.timings.items()],
         "fidelity_html": _fidelity_section(report),
     }
+
+
+def _compute_row(report: AuditReport) -> list[tuple[str, str]]:
+    """How much of the default detector work ran (auditor.compute), when the scan planned it."""
+    plan = report.settings.get("compute")
+    return [("compute", str(plan["summary"]))] if plan else []
 
 
 def _fidelity_section(report: AuditReport) -> str:
