@@ -24,12 +24,11 @@ import torch
 
 from auditor.target import ModelTarget
 
-#: Default FLOP budgets of one scan's scalable detector work, per device kind. CPU: about 13 min on two
-#: cores of this project's machine (~130 GFLOP/s for forward+backward of a ResNet-18), which puts a
-#: 10-class CIFAR ResNet-18 at effort ≈ 0.27, the lowest effort whose zoo figures we find acceptable
-#: (bench/RESULTS.md §8: at 0.25 the fused AUROC holds, clean false positives rise). Every zoo and
-#: reference model (≤ 16 MFLOP per pass) stays at effort 1 with up to 40 classes, so the calibrated
-#: defaults are what runs on them. CUDA: 50× that (a GPU runs a ResNet-18 scan at full effort).
+#: Default FLOP budgets of one scan's scalable detector work, per device kind. CPU: a 10-class CIFAR
+#: ResNet-18 then runs max_margin at ≈ 0.1 and saliency at full effort, in 7.7 min on two cores of this
+#: project's machine (bench/RESULTS.md §8). Every zoo and reference model (≤ 16 MFLOP per pass) stays at
+#: effort 1 with up to 40 classes, so the calibrated defaults are what runs on them. CUDA: 50× that (a
+#: GPU runs a ResNet-18 scan at full effort).
 DEFAULT_BUDGET_FLOPS: Mapping[str, float] = {"cpu": 1e14, "cuda": 5e15}
 #: Below this, detectors stop at their floors anyway; the plan reports what they actually ran.
 MIN_EFFORT = 0.01

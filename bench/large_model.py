@@ -65,8 +65,8 @@ def train(kind: str, out: Path, epochs: int, n_train: int) -> None:
     print(json.dumps(facts))
 
 
-def scan(out: Path, effort: str, threads: int) -> None:
-    for kind in ("trojaned", "clean"):
+def scan(out: Path, effort: str, threads: int, kinds: tuple[str, ...]) -> None:
+    for kind in kinds:
         model = out / f"resnet18-shapes-{kind}.onnx"
         started = time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "auditor", "scan", str(model), "--out", str(out / f"audit-{kind}"),
@@ -77,7 +77,7 @@ def scan(out: Path, effort: str, threads: int) -> None:
         facts = json.loads((out / f"resnet18-shapes-{kind}.json").read_text())
         row = {"kind": kind, "exit": proc.returncode, "wall_s": round(wall, 1), "verdict": report["verdict"],
                "flagged": report["flagged_classes"], "target": facts["target"],
-               "effort": report["settings"]["compute"]["effort"],
+               "efforts": report["settings"]["compute"]["efforts"],
                "forward_flops": report["settings"]["compute"]["forward_flops"],
                "detectors": {n: {"seconds": round(d["seconds"], 1), "model_score": d["model_score"],
                                  "flagged": d["flagged_classes"]} for n, d in report["detectors"].items()},
@@ -88,7 +88,8 @@ def scan(out: Path, effort: str, threads: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=("train", "scan"))
-    p.add_argument("--kind", choices=("trojaned", "clean"), default="trojaned")
+    p.add_argument("--kind", choices=("trojaned", "clean"), default=None,
+                   help="train: which model (default trojaned); scan: only this one (default both)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "_large")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--n-train", type=int, default=4000)
@@ -96,9 +97,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     if args.command == "train":
-        train(args.kind, args.out, args.epochs, args.n_train)
+        train(args.kind or "trojaned", args.out, args.epochs, args.n_train)
     else:
-        scan(args.out, args.effort, args.threads)
+        scan(args.out, args.effort, args.threads, (args.kind,) if args.kind else ("trojaned", "clean"))
 
 
 if __name__ == "__main__":
