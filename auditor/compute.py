@@ -42,7 +42,7 @@ class ComputePlan:
     planned_flops: float                 # all selected detectors at effort 1
     budget_flops: float | None           # None when the effort was given (--effort)
     efforts: Mapping[str, float]
-    requested: str                       # "auto" or the number the user gave
+    requested: str                       # "auto", "--effort X" and/or the --option NAME.effort that set it
 
     @property
     def effort(self) -> float:

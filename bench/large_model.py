@@ -2,7 +2,7 @@
 1.1 GFLOP per forward pass, ~150× a zoo model) trained here on shapes 3×32×32, with a planted BadNets patch
 and as a clean twin, then scanned by the CLI with the automatic compute plan (auditor/compute.py).
 
-    python bench/large_model.py train --kind trojaned --out bench/_large     # ~20 min on one core
+    python bench/large_model.py train --kind trojaned --out bench/_large     # ~25 min on one core
     python bench/large_model.py train --kind clean --out bench/_large
     python bench/large_model.py scan --out bench/_large [--effort auto]      # both models, CLI, timed
 
