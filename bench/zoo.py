@@ -206,6 +206,10 @@ DEV_DRAWS = (
     (7300, 4),   # were fixed
     (7500, 3),   # draw 6 (stop 20), two seed blocks, built before anything scored it: held out for a
     (7700, 1),   # second candidate chosen on draws 1–4 (draw 5 had judged the first)
+    (9100, 0),   # draw 7 (stop 23), two seed blocks, built before anything scored it: held out for the
+    (9300, 2),   # hybrid-scale candidate, designed on the standard-size ResNet-18 pair of stop 22
+    (9500, 3),   # draw 8 (stop 23, second try), two seed blocks, built and its adoption rule committed
+    (9700, 1),   # before anything scored it: the first try's draw-7 figures were lost with its machine
 )
 
 
@@ -226,7 +230,7 @@ def _dev_draw(base_seed: int, rotation: int) -> list[dict]:
 
 def dev_members() -> list[dict]:
     """*Development* models: the :data:`DEV_DRAWS` of trojaned models plus three shapes spurious-correlation
-    models, with seeds (6000–7807; 7000–7003 are also the seeds of the zoo's point-cloud members, another
+    models, with seeds (6000–7807 and 9100–9807; 7000–7003 are also the seeds of the zoo's point-cloud members, another
     domain), trigger parameters and architecture rotations that differ from the zoo's.
     Detector statistics are chosen on these (against the clean reference population), never on the
     members the benchmark scores; later draws are the held-out check for what earlier ones chose
@@ -573,7 +577,8 @@ def build(small: bool, out_dir: Path, jobs: int = 1, threads: int = 1, only: str
     members = {"small": small_members, "reference": reference_members, "dev": dev_members,
                "default": default_members}[profile]()
     if only:
-        members = [m for m in members if only in m["id"]]
+        wanted = [part for part in only.split(",") if part]
+        members = [m for m in members if any(part in m["id"] for part in wanted)]
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     data_info = write_held_out(out_dir, {m["domain"] for m in members}, small)
@@ -648,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="output folder (default bench/zoo, bench/zoo/small, bench/zoo/reference or bench/zoo/dev)")
     p.add_argument("--jobs", type=int, default=1, help="members trained in parallel (default 1: shared machine)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per job")
-    p.add_argument("--only", default=None, help="build only members whose id contains this string")
+    p.add_argument("--only", default=None, help="build only members whose id contains one of these comma-separated strings")
     a = p.parse_args(argv)
     profile = "small" if a.small else "reference" if a.reference else "dev" if a.dev else ""
     out = a.out or Path(__file__).resolve().parent / "zoo" / profile
