@@ -237,8 +237,9 @@ def prior_train(data_path: str, out_dir: str, input_shape: str | None, steps: in
 @cli.command("detectors")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable list.")
 def list_detectors(as_json: bool) -> None:
-    """List registered detectors with what each needs (gradients, data, GPU)."""
+    """List registered detectors with what each needs (gradients, data, GPU) and the options each takes."""
     from auditor.detectors import registered
+    from auditor.detectors.base import COMMON_OPTIONS
 
     infos = [cls.info for cls in registered().values()]
     if as_json:
@@ -254,7 +255,8 @@ def list_detectors(as_json: bool) -> None:
     for info in infos:
         table.add_row(info.name, yes[info.needs_gradients], yes[info.needs_data],
                       "prefers" if info.prefers_gpu else "—", ",".join(info.modalities),
-                      "yes" if info.default else "no", f"{info.summary}\n[dim]{info.reference}[/dim]")
+                      "yes" if info.default else "no",
+                      f"{info.summary}\n[dim]{info.reference}\noptions: {', '.join((*info.options, *COMMON_OPTIONS))}[/dim]")
     Console(soft_wrap=False).print(table)
 
 
@@ -267,7 +269,7 @@ def _run_scan(model: str, out_dir: Path, builtin_data=None, **kw) -> int:
     from auditor.compute import parse_effort
     from auditor.detectors.base import RunContext
     from auditor.output import parse_formats, write_reports
-    from auditor.scan import plan_compute, resolve_detectors, scan
+    from auditor.scan import check_options, plan_compute, resolve_detectors, scan
 
     formats = parse_formats(kw["formats"])
     names = [n.strip() for n in kw["detectors"].split(",") if n.strip()] if kw["detectors"] else None
@@ -275,6 +277,7 @@ def _run_scan(model: str, out_dir: Path, builtin_data=None, **kw) -> int:
         resolve_detectors(names, "image")  # unknown names are a usage error before any loading work
     thresholds = _pairs(kw["thresholds"], "--threshold", dotted=False)
     options = _pairs(kw["detector_options"], "--option", dotted=True)
+    check_options(options, thresholds)  # before loading: a typo costs no conversion time
     effort = parse_effort(kw["effort"])
     console = _console(kw["quiet"])
     with _status(console, "loading model"):
@@ -337,12 +340,14 @@ def _run_fidelity(model: str, out_dir: Path, **kw) -> int:
     from auditor.fidelity import render_fidelity_page
     from auditor.output import atomic_write_text
     from auditor.reports.json_report import to_plain
-    from auditor.scan import run_fidelity_suite
+    from auditor.scan import check_options, run_fidelity_suite
 
+    all_options = _pairs(kw["detector_options"], "--option", dotted=True)
+    check_options(all_options)
+    options = all_options.get("fidelity", {})
     console = _console(kw["quiet"])
     with _status(console, "loading model"):
         target, data = _load_for_cli(model, kw)
-    options = _pairs(kw["detector_options"], "--option", dotted=True).get("fidelity", {})
     with _status(console, "measuring explanation fidelity"):
         report, note = run_fidelity_suite(target, RunContext(seed=kw["seed"], data=data, options=options,
                                                               time_budget_s=kw["timeout"]))

@@ -24,6 +24,10 @@ class UsageError(AuditorError):
     exit_code = EXIT_USAGE
 
 
+class OptionError(UsageError):
+    """A detector option (``--option NAME.KEY=VALUE``) that no detector declares, or a value it cannot take."""
+
+
 class ModelLoadError(AuditorError):
     """The model file cannot be read, parsed or converted."""
 

@@ -12,8 +12,8 @@ import torch
 from auditor import __version__
 from auditor.compute import ComputePlan, parse_effort, plan
 from auditor.detectors import create, registered
-from auditor.detectors.base import DetectorResult, RunContext
-from auditor.errors import UsageError
+from auditor.detectors.base import COMMON_OPTIONS, DetectorResult, RunContext
+from auditor.errors import OptionError, UsageError
 from auditor.spec import InputSpec
 from auditor.target import ModelInfo, ModelTarget
 from auditor.verdict import Verdict, fuse
@@ -60,6 +60,37 @@ def resolve_detectors(names: Sequence[str] | None, modality: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def check_options(options: Mapping[str, Mapping[str, Any]], thresholds: Mapping[str, Any] | None = None) -> None:
+    """Refuse ``--option NAME.KEY`` / ``--threshold NAME`` for a detector or key that does not exist
+    (:class:`OptionError`, exit 2), naming the close matches: a typo must not silently run the default.
+    ``fidelity`` is the explanation-fidelity suite's namespace. Values are checked where they are read."""
+    from dataclasses import fields
+
+    from auditor.fidelity.suite import SuiteOptions
+
+    namespaces = {name: (*cls.info.options, *COMMON_OPTIONS) for name, cls in registered().items()}
+    namespaces["fidelity"] = tuple(f.name for f in fields(SuiteOptions))
+    for name, given in options.items():
+        if name not in namespaces:
+            raise OptionError(f"--option {name}.…: no detector is called {name!r}{_did_you_mean(name, namespaces)}"
+                              f" (available: {', '.join(namespaces)})")
+        for key in given:
+            if key not in namespaces[name]:
+                raise OptionError(f"--option {name}.{key}: {name} has no option {key!r}"
+                                  f"{_did_you_mean(key, namespaces[name])} (options: {', '.join(namespaces[name])})")
+    for name in thresholds or {}:
+        if name not in registered():
+            raise OptionError(f"--threshold {name}: no detector is called {name!r}"
+                              f"{_did_you_mean(name, registered())} (available: {', '.join(registered())})")
+
+
+def _did_you_mean(word: str, choices) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def scan(
     target: ModelTarget,
     detectors: Sequence[str] | None,
@@ -86,6 +117,7 @@ def scan(
     names = resolve_detectors(detectors, target.spec.modality)
     options = options or {}
     thresholds = thresholds or {}
+    check_options(options, thresholds)
     compute = compute or plan_compute(target, names, options)
     settings = {**(settings or {}), "compute": compute.to_dict()}
     started = time.monotonic()
@@ -134,8 +166,13 @@ def plan_compute(
     """The compute plan for running ``detectors`` on ``target`` (see :mod:`auditor.compute`); a detector
     option ``effort`` (``--option NAME.effort=X``) fixes that detector's effort."""
     known = registered()
-    work = {name: (known[name].planned_passes(target.num_classes, RunContext(options=dict(options.get(name, {})))),
-                   known[name].info.tolerated_effort) for name in detectors}
+    work = {}
+    for name in detectors:
+        try:
+            passes = known[name].planned_passes(target.num_classes, RunContext(options=dict(options.get(name, {}))))
+        except OptionError as exc:
+            raise OptionError(f"{name}: {exc}") from None
+        work[name] = (passes, known[name].info.tolerated_effort)
     computed = plan(target, work, effort=effort, budget_flops=budget_flops)
     fixed = {name: parse_effort(options[name]["effort"], f"--option {name}.effort") for name in detectors
              if "effort" in options.get(name, {})}

@@ -113,6 +113,11 @@ def test_strict_turns_skips_into_exit_3(tmp_path):
         ("unknown-detector", 2, "unknown detector"),
         ("bad-format", 2, "--format"),
         ("bad-effort", 2, "--effort"),
+        ("option-typo", 2, "did you mean 'steps'?"),
+        ("option-detector-typo", 2, "did you mean 'max_margin'?"),
+        ("threshold-typo", 2, "no detector is called 'maxmargin'"),
+        ("option-value", 2, "max_margin: option steps='many' is not a valid int"),
+        ("option-choice", 2, "saliency: option scale='bogus' must be"),
     ],
 )
 def test_bad_input_gives_one_line_and_the_right_exit_code(tmp_path, case, expected_code, message):
@@ -137,6 +142,16 @@ def test_bad_input_gives_one_line_and_the_right_exit_code(tmp_path, case, expect
         args += [str(DEMO), "--format", "pdf"]
     elif case == "bad-effort":
         args += [str(DEMO), "--effort", "2"]
+    elif case == "option-typo":  # a misspelt key must not silently run the default
+        args += [str(DEMO), "--option", "max_margin.stpes=10"]
+    elif case == "option-detector-typo":
+        args += [str(DEMO), "--option", "max_margn.steps=10"]
+    elif case == "threshold-typo":
+        args += [str(DEMO), "--threshold", "maxmargin=0.1"]
+    elif case == "option-value":
+        args += [str(DEMO), "--option", "max_margin.steps=many"]
+    elif case == "option-choice":  # a value only the detector can judge: still exit 2, no report
+        args += [str(DEMO), "--detectors", "saliency", "--option", "saliency.scale=bogus"]
     proc = auditor(*args, "--out", str(tmp_path / "out"))
     assert proc.returncode == expected_code, proc.stderr
     line = one_line_error(proc)

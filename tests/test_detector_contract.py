@@ -10,24 +10,37 @@ import pytest
 import torch
 
 from auditor.detectors import Detector, RunContext, register, registered
-from auditor.detectors.base import count_hooks
+from auditor.detectors.base import COMMON_OPTIONS, count_hooks
 from auditor.target import SampleData
 
 # Cheap settings so the contract runs in seconds; detectors' defaults are measured in bench/.
 FAST_OPTIONS: dict[str, dict[str, str]] = {
     "max_margin": {"steps": "40", "starts": "6"},
     "neural_cleanse": {"steps": "30"},
-    "saliency": {"fast": "true"},
-    "flow_am": {"fast": "true"},
+    "saliency": {"pool": "300", "steps": "20", "uap_steps": "6", "heldout": "16", "starts": "6"},
+    "flow_am": {"sanity": "false", "steps": "60"},
     "diffusion": {"fast": "true"},
 }
 
 NAMES = sorted(registered())
 
 
+class _RecordingOptions(dict):
+    """Options that remember every key a detector asked for (RunContext.option and work_count test
+    membership first), so the contract can check that it reads only the keys it declares."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.asked: set[str] = set()
+
+    def __contains__(self, key) -> bool:
+        self.asked.add(key)
+        return super().__contains__(key)
+
+
 def _context(name: str, twins, seed: int = 0, with_data: bool = True) -> RunContext:
     data = SampleData(twins.x_test[:200], twins.y_test[:200], "digits test split") if with_data else None
-    return RunContext(seed=seed, data=data, options=FAST_OPTIONS.get(name, {}))
+    return RunContext(seed=seed, data=data, options=_RecordingOptions(FAST_OPTIONS.get(name, {})))
 
 
 def _runnable(name: str) -> bool:
@@ -40,8 +53,12 @@ def test_same_seed_same_scores_and_valid_schema(name, digits_twins):
         pytest.skip(f"{name} does not take images")
     target = digits_twins.trojaned
     hooks = count_hooks(target.model)
-    first = registered()[name]().run(target, _context(name, digits_twins))
+    context = _context(name, digits_twins)
+    first = registered()[name]().run(target, context)
     second = registered()[name]().run(target, _context(name, digits_twins))
+    declared = {*registered()[name].info.options, *COMMON_OPTIONS}
+    assert set(FAST_OPTIONS.get(name, {})) <= declared, "the contract's own options must exist"
+    assert context.options.asked <= declared, f"reads undeclared options {context.options.asked - declared}"
     assert count_hooks(target.model) == hooks, "detector left hooks on the model"
     assert not target.model.training, "detector left the model in training mode"
     assert all(not p.requires_grad for p in target.model.parameters())

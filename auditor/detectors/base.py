@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from auditor.errors import DetectorSkip, DetectorTimeout
+from auditor.errors import DetectorSkip, DetectorTimeout, OptionError
 from auditor.target import ModelTarget, SampleData, frozen_eval
 
 _log = logging.getLogger("auditor")
@@ -154,16 +154,21 @@ class RunContext:
         return max(int(floor), min(int(default), round(default * factor)))
 
     def option(self, key: str, default: Any) -> Any:
-        """An option value, converted to the type of ``default`` (options arrive as strings from the CLI)."""
+        """An option value, converted to the type of ``default`` (options arrive as strings from the CLI).
+        A value that does not convert raises :class:`OptionError` (a usage error, exit 2)."""
         if key not in self.options:
             return default
         value = self.options[key]
         if isinstance(default, bool) and isinstance(value, str):
             return value.strip().lower() in {"1", "true", "yes", "on"}
         if default is not None and not isinstance(value, type(default)):
-            if isinstance(default, tuple):
-                return tuple(type(default[0])(v) for v in str(value).split(",")) if default else (value,)
-            return type(default)(value)
+            kind = type(default[0] if isinstance(default, tuple) and default else default)
+            try:
+                if isinstance(default, tuple):
+                    return tuple(kind(v) for v in str(value).split(",")) if default else (value,)
+                return kind(value)
+            except (TypeError, ValueError):
+                raise OptionError(f"option {key}={value!r} is not a valid {kind.__name__}") from None
         return value
 
 
@@ -186,6 +191,13 @@ class DetectorInfo:
     #: The lowest effort (share of its default work) at which the detector's zoo figures held; the compute
     #: plan (auditor.compute) takes a large model's budget from such detectors first.
     tolerated_effort: float = 1.0
+    #: The option keys it reads (``--option NAME.KEY=VALUE``), besides :data:`COMMON_OPTIONS`; any other
+    #: key is a usage error, so a typo never silently runs the default.
+    options: tuple[str, ...] = ()
+
+
+#: Option keys every detector takes: ``effort`` is read by the compute plan (auditor.compute).
+COMMON_OPTIONS = ("effort",)
 
 
 class Detector(ABC):
@@ -213,6 +225,8 @@ class Detector(ABC):
             result = DetectorResult(self.name, "failed", f"timeout: {exc}", time.monotonic() - started)
         except DetectorSkip as exc:
             result = DetectorResult(self.name, "skipped", str(exc), time.monotonic() - started)
+        except OptionError as exc:  # the user's mistake, not the detector's: a usage error for the whole scan
+            raise OptionError(f"{self.name}: {exc}") from None
         except Exception as exc:  # a detector bug must not take the whole audit down
             _log.debug("detector %s failed:\n%s", self.name, traceback.format_exc())
             reason = f"{type(exc).__name__}: {exc}"
@@ -260,6 +274,7 @@ def register(
     modalities: tuple[str, ...] = ("image",),
     default: bool = True,
     tolerated_effort: float = 1.0,
+    options: tuple[str, ...] = (),
 ) -> Callable[[type[Detector]], type[Detector]]:
     """Class decorator adding a detector to the registry; refuses duplicate names."""
 
@@ -269,7 +284,7 @@ def register(
         cls.info = DetectorInfo(
             name=name, summary=summary, reference=reference, needs_gradients=needs_gradients,
             needs_data=needs_data, prefers_gpu=prefers_gpu, modalities=modalities, default=default,
-            tolerated_effort=tolerated_effort,
+            tolerated_effort=tolerated_effort, options=tuple(options),
         )
         _REGISTRY[name] = cls
         return cls

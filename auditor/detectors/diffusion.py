@@ -71,7 +71,7 @@ from auditor.diffusion.readout import (
     scan_gratings,
     transplant,
 )
-from auditor.errors import DetectorSkip
+from auditor.errors import DetectorSkip, OptionError
 from auditor.stats import leave_one_out_z
 from auditor.target import ModelTarget
 
@@ -89,6 +89,10 @@ from auditor.target import ModelTarget
     # (both frames; the texture model's grating is found but clean models reach the same flip rates;
     # bench/RESULTS.md §5), so it does not vote in the default verdict
     default=False,
+    options=("prior", "pipeline", "fast", "per_class", "iterations", "lr", "sampler_steps", "latent_weight",
+             "objective", "context_per_class", "victims", "texture_amplitude", "min_flip", "fidelity_stages",
+             "fidelity_per_class", "prior_rho", "border_loss", "texture_loss", "min_coverage", "min_confidence",
+             "ring", "concepts"),
 )
 class DiffusionProbe(Detector):
     """Options (``--option diffusion.KEY=VALUE``):
@@ -143,8 +147,9 @@ class DiffusionProbe(Detector):
         n_victims = int(context.option("victims", 8))
         texture_amplitude = float(context.option("texture_amplitude", 0.3))
         if objective not in OBJECTIVES:
-            raise ValueError(f"diffusion.objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
-        user_flip = context.threshold if context.threshold is not None else context.option("min_flip", None)
+            raise OptionError(f"option objective={objective!r} must be one of {', '.join(OBJECTIVES)}")
+        user_flip = context.threshold if context.threshold is not None else (
+            context.option("min_flip", 0.5) if "min_flip" in context.options else None)
         min_flip = float(user_flip) if user_flip is not None else 0.5
         n_stages = int(context.option("fidelity_stages", 1 if fast else 2))
         fid_per_class = min(per_class, int(context.option("fidelity_per_class", 1 if fast else 2)))

@@ -113,6 +113,7 @@ class FlowAMOptions:
     # ResNet and two MobileNets) at the reference-calibrated threshold (bench/RESULTS.md, run `flow_am`),
     # so it does not vote in the default verdict; its class-maximising images are still worth a look
     default=False,
+    options=tuple(f.name for f in fields(FlowAMOptions)),
 )
 class FlowAMDetector(Detector):
     """See the module docstring; options in :class:`FlowAMOptions`."""

@@ -64,6 +64,7 @@ def order_statistic_p_values(stat: np.ndarray) -> np.ndarray:
     modalities=("image", "points"),
     # zoo AUROC 0.87 at effort 1, 0.85 at 0.25 and at 0.1, no clean model flagged at either (RESULTS §8)
     tolerated_effort=0.1,
+    options=("starts", "steps", "lr", "p_threshold"),
 )
 class MaxMarginDetector(Detector):
     """Options: ``starts`` (random starts per class, 30), ``steps`` (300), ``lr`` (0.05),

@@ -50,6 +50,8 @@ def anomaly_indices(norms: np.ndarray) -> np.ndarray:
     # opt-in baseline (--detectors neural_cleanse): on the zoo it flagged 28 % of clean models at the
     # paper's anomaly index 2 and reached AUROC 0.53 (bench/RESULTS.md), so it does not vote by default
     default=False,
+    options=("steps", "batch_size", "epoch_steps", "lr", "init_cost", "success_threshold", "patience", "cost_up",
+             "cost_down", "max_samples", "anomaly_threshold"),
 )
 class NeuralCleanseDetector(Detector):
     """Options (defaults): ``steps`` (150 Adam steps in all), ``batch_size`` (8 clean images per class
