@@ -2,7 +2,8 @@
 
     python bench/calibrate_saliency.py --zoo bench/zoo/reference --digits-seeds 1-8 --dev-zoo bench/zoo/dev
     python bench/saliency_fusion.py [bench/_cache/saliency_calibration.json] [--sets "a,b,c;a,d"]
-                                    [--rule top2|max|top3|mean] [--detail]
+                                    [--rule top2|max|top3|mean] [--scale reference|hybrid] [--detail]
+                                    [--seeds 9500-9807]   # one draw's dev models (bench/zoo.py DEV_DRAWS)
 
 Reads the per-class metrics that ``calibrate_saliency.py`` saved for the clean reference models and the
 dev split's trojaned models, and for each candidate set of statistics: calibrates every statistic's
@@ -55,22 +56,51 @@ RULES = {
 }
 
 
-def scores(rel: dict[str, np.ndarray], constants: dict[str, tuple[float, float]], rule: str = "top2") -> np.ndarray:
-    zs = {s: (rel[s] - c) / sc for s, (c, sc) in constants.items()}
+#: Metric keys of the raw (not relative) fused values where they differ from the statistic's name.
+RAW_METRIC = {"transplant_asr": "transplant_asr_mean"}
+
+
+def spread(rows: list[dict], stat: str) -> np.ndarray:
+    """The detector's within-model spread of ``stat`` per class (``--scale hybrid``)."""
+    return sal.within_model_spread(np.array([c[RAW_METRIC.get(stat, stat)] for c in rows]))
+
+
+def scores(rel: dict[str, np.ndarray], constants: dict[str, tuple[float, float]], rule: str = "top2",
+           spreads: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    zs = {s: (rel[s] - c) / (np.maximum(sc, spreads[s]) if spreads else sc) for s, (c, sc) in constants.items()}
     stacked = np.sort(np.stack(list(zs.values()), axis=1), axis=1)
     return RULES[rule](stacked)
 
 
-def evaluate(clean: dict[str, dict], dev: list[dict], stats: list[str], rule: str = "top2") -> dict:
+def shipped_scores(rows: list[dict], hybrid: bool) -> np.ndarray:
+    """Class scores of one saved scan (a report's per-class metrics) under either z scale, with the
+    detector's shipped constants: both scales from one scan."""
+    stats = list(sal.FUSED_STATISTICS)
+    spreads = {s: spread(rows, s) for s in stats} if hybrid else None
+    return scores({s: relative(rows, s) for s in stats}, {s: sal.CALIBRATION[s] for s in stats}, "top2", spreads)
+
+
+def in_seed_ranges(model_id: str, ranges: str | None) -> bool:
+    """Whether the seed at the end of ``model_id`` lies in one of ``ranges`` ("A-B,C-D"; None: all)."""
+    if ranges is None:
+        return True
+    seed = int(model_id.rsplit("-", 1)[1])
+    bounds = [tuple(int(v) for v in part.split("-")) for part in ranges.split(",") if part]
+    return any(lo <= seed <= hi for lo, hi in bounds)
+
+
+def evaluate(clean: dict[str, dict], dev: list[dict], stats: list[str], rule: str = "top2",
+             hybrid: bool = False) -> dict:
     def constants(exclude: str | None = None):
         return {s: sal.calibration_scale(np.concatenate([r[s] for mid, r in clean.items() if mid != exclude]))
                 for s in stats}
 
     full = constants()
-    loo = {mid: float(scores({s: r[s] for s in stats}, constants(mid), rule).max()) for mid, r in clean.items()}
+    loo = {mid: float(scores({s: r[s] for s in stats}, constants(mid), rule,
+                             r["spread"] if hybrid else None).max()) for mid, r in clean.items()}
     dev_rows = []
     for d in dev:
-        sc = scores({s: d["rel"][s] for s in stats}, full, rule)
+        sc = scores({s: d["rel"][s] for s in stats}, full, rule, d["spread"] if hybrid else None)
         dev_rows.append((d["id"], d.get("attack", ""), float(sc.max()), int(np.argmax(sc)) in d["targets"]))
     neg = np.array(list(loo.values()))
     pos = np.array([r[2] for r in dev_rows])
@@ -86,18 +116,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sets", default=";".join(DEFAULT_SETS), help="';'-separated comma lists of statistics")
     ap.add_argument("--detail", action="store_true", help="print every dev model's score")
     ap.add_argument("--rule", choices=sorted(RULES), default="top2", help="how a class's z's are fused")
+    ap.add_argument("--scale", choices=("reference", "hybrid"), default="reference",
+                    help="z scale: the clean models' only or the larger of it and the model's own spread")
+    ap.add_argument("--seeds", default=None, metavar="A-B[,C-D]",
+                    help="score only the dev models whose seed (the id's last part) is in these ranges")
     a = ap.parse_args(argv)
     saved = json.loads(a.calibration.read_text())
     sets = [[s.strip() for s in group.split(",") if s.strip()] for group in a.sets.split(";") if group.strip()]
     names = sorted({s for group in sets for s in group})
-    clean = {row["id"]: {s: relative(row["classes"], s) for s in names} for row in saved["clean"]}
+    clean = {row["id"]: {**{s: relative(row["classes"], s) for s in names},
+                         "spread": {s: spread(row["classes"], s) for s in names}} for row in saved["clean"]}
     dev = [{"id": d["id"], "attack": d.get("attack", ""), "targets": d.get("targets", [d.get("target")]),
-            "rel": {s: relative(d["classes"], s) for s in names}} for d in saved["dev"] if "attack" in d]
+            "rel": {s: relative(d["classes"], s) for s in names},
+            "spread": {s: spread(d["classes"], s) for s in names}} for d in saved["dev"]
+           if "attack" in d and in_seed_ranges(d["id"], a.seeds)]
     print(f"{len(clean)} clean reference models, {len(dev)} dev trojaned models\n")
     print("| fused statistics | dev AUROC | top class a target | clean LOO max → threshold | dev flagged |")
     print("|---|---|---|---|---|")
     for stats in sets:
-        r = evaluate(clean, dev, stats, a.rule)
+        r = evaluate(clean, dev, stats, a.rule, a.scale == "hybrid")
         print(f"| {', '.join(stats)} | {r['auroc']:.3f} | {r['right']}/{r['n']} | {r['clean_max']:.2f} → "
               f"{r['threshold']:.1f} | {r['flagged']}/{r['n']} |")
         if a.detail:

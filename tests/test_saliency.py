@@ -20,6 +20,7 @@ from auditor.detectors._saliency_core import (
     window_boxes,
 )
 from auditor.detectors.base import RunContext, count_hooks, create
+from auditor.errors import OptionError
 from auditor.hooks import replaced_output
 from auditor.sampling import SAMPLER_KINDS, unrestricted_samples
 
@@ -128,9 +129,9 @@ def test_skips_with_a_reason_without_gradients(digits_twins):
     assert r.status == "skipped" and "gradient" in r.reason
 
 
-def test_bad_budget_option_fails_cleanly(digits_twins):
-    r = create("saliency").run(digits_twins.clean, RunContext(seed=0, options={"budgets": "0,2"}))
-    assert r.status == "failed" and "budget" in r.reason
+def test_bad_budget_option_is_a_usage_error(digits_twins):
+    with pytest.raises(OptionError, match="saliency: option budgets"):
+        create("saliency").run(digits_twins.clean, RunContext(seed=0, options={"budgets": "0,2"}))
 
 
 def test_samplers_are_seeded_and_in_range():
@@ -210,6 +211,24 @@ def test_calibration_helpers():
     assert rel.tolist() == [0.0, 0.0, 1.0, 0.0]
     centre, scale = sal.calibration_scale(np.zeros(50))
     assert centre == 0.0 and scale > 0
+
+
+def test_hybrid_scale_widens_only_for_models_whose_own_classes_spread():
+    name = "shortcut_margin"
+    _, reference = sal.CALIBRATION[name]
+    # one outlier over tightly clustered classes (a backdoor's pattern): the reference scale stands
+    clustered = np.array([0.0, 0.01, -0.01, 0.02, 0.0, -0.02, 0.01, 0.0, -0.01, 6.0])
+    spread = sal.within_model_spread(clustered)
+    assert spread[-1] < reference
+    rel = sal.relative_to_others(clustered)
+    assert sal.calibrated_z(name, rel, spread)[-1] == pytest.approx(sal.calibrated_z(name, rel)[-1])
+    # several classes driven far apart (a large clean network): the model's own spread sets the scale
+    spread_out = np.array([-2.0, 3.0, 1.0, -1.0, 3.0, 2.0, -1.5, 0.5, 3.0, 1.5])
+    spread = sal.within_model_spread(spread_out)
+    assert (spread > reference).all()
+    rel = sal.relative_to_others(spread_out)
+    hybrid, shipped = sal.calibrated_z(name, rel, spread), sal.calibrated_z(name, rel)
+    assert (np.abs(hybrid) < np.abs(shipped)).all()
 
 
 def test_replaced_output_feeds_the_rest_of_the_network_and_always_cleans_up():

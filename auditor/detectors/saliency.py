@@ -51,7 +51,10 @@ All classes are processed in one batch. For every class t:
 
 Statistics are made relative within the model (value minus the median over the other classes) and
 turned into z-scores with constants measured on *clean* models that are not under test
-(:data:`CALIBRATION`, produced by ``bench/calibrate_saliency.py``). The class score is the mean of
+(:data:`CALIBRATION`, produced by ``bench/calibrate_saliency.py``); with ``scale=hybrid`` the z's scale
+is the larger of the clean models' and the spread of the scanned model's own other classes, so a network
+whose classes all spread widely (a standard-size ResNet-18's clean classes did, bench/RESULTS.md §8) is
+not flagged for it. The class score is the mean of
 the two largest calibrated z's over the fused statistics (a backdoor raises several at once).
 The probe's sink share and the small ball's flip rate are reported but not fused: neither raises the
 AUROC on the 25-model dev split, and the sink share flagged more clean models on the benchmark (some
@@ -67,6 +70,7 @@ import torch
 
 from auditor.detectors import _saliency_core as core
 from auditor.detectors.base import ClassEvidence, Detector, EvidenceImage, Findings, RunContext, register
+from auditor.errors import OptionError
 from auditor.hooks import display_name
 from auditor.sampling import SAMPLER_KINDS, unrestricted_samples
 from auditor.stats import squash
@@ -78,7 +82,10 @@ from auditor.target import ModelTarget
 # For every fused statistic s, the *relative* value r_t = s_t − median_{j≠t} s_j is computed per class;
 # CALIBRATION[s] = (centre, scale) of r over all classes of clean reference models, with centre the
 # median and scale = max(1.4826·MAD, (q90 − q50)/1.2816, floor) — the second term keeps the scale honest
-# for statistics that are zero for most classes. z_t = (r_t − centre) / scale.
+# for statistics that are zero for most classes. z_t = (r_t − centre) / max(scale, spread_t), where
+# spread_t = 1.4826·MAD of the scanned model's other classes (:func:`within_model_spread`) with option
+# ``scale=hybrid``: a class must stand out against the clean models *and* against its own model's
+# classes. The default ``scale=reference`` is z_t = (r_t − centre) / scale.
 #
 # Obtained from 33 clean reference models — 8 digits SmallCNNs (seeds 1–8) and the 25 clean image models
 # of `bench/zoo.py --reference` (digits CNN/VGG/ResNet/MobileNet/ViT, shapes VGG/ResNet/MobileNet; seeds
@@ -90,12 +97,12 @@ CALIBRATION: dict[str, tuple[float, float]] = {
     "shortcut_margin": (0.0000, 0.4432),
     "window_margin": (0.0000, 0.6103),
 }
-#: The default decision threshold on the class score (:func:`fused_class_score`): the smallest
-#: half-integer above every clean reference model's largest class score (leave-one-model-out scores:
-#: median 1.8, max 3.39 on a shapes VGG). The dev split's 25 trojaned models (`--dev-zoo bench/zoo/dev`,
-#: never scored by the bench) scored 1.4–66, median 4.6; AUROC 0.878 against the clean scores (0.956 on
-#: the first 13, on which the statistics were chosen).
-DEFAULT_THRESHOLD = 3.5
+#: Default decision thresholds on the class score (:func:`fused_class_score`), per ``scale``: the smallest
+#: half-integer above every clean reference model's largest class score (leave-one-model-out).
+#: Reference: median 1.8, max 3.39 on a shapes VGG → 3.5 (dev draws 1–6: AUROC 0.886). Hybrid: max 2.76
+#: → 3.0 (stop 23's first try; re-measured with its dev figures in bench/RESULTS.md §3 "Stop 23").
+DEFAULT_THRESHOLDS = {"hybrid": 3.0, "reference": 3.5}
+DEFAULT_THRESHOLD = DEFAULT_THRESHOLDS["reference"]
 #: A class whose score exceeds ``EXTREME_FACTOR × threshold`` is called a backdoor target even when the
 #: transplant check does not reach 50 % (e.g. whole-image triggers that no small region reproduces).
 EXTREME_FACTOR = 2.0
@@ -128,6 +135,8 @@ _DEFAULTS = {
     "window_steps": 40,          # window scan: Adam steps of the position-agnostic pattern
     "window_screen": 8,          # window scan: held-out inputs per class every window is screened on
     "window_finalists": 4,       # window scan: best screened windows measured on all held-out inputs
+    "scale": "reference",        # z scale: "reference" (clean models' scale) or "hybrid" (the larger of that
+                                 # and the scanned model's own spread over its other classes)
     "feature_dominance": False,  # opt-in FreeEagle-style statistic (reported, not fused; ≈ 2–4 s)
     "feature_examples": 64,      # feature dominance: probe inputs whose activations start the dummies
     "feature_steps": 300,        # feature dominance: Adam steps on the split layer's activations
@@ -145,6 +154,7 @@ _DEFAULTS = {
     needs_gradients=True,
     needs_data=False,
     modalities=("image",),
+    options=(*_DEFAULTS, "threshold"),
 )
 class SaliencyDetector(Detector):
     """Options (``--option saliency.KEY=VALUE``), with defaults:
@@ -156,7 +166,9 @@ class SaliencyDetector(Detector):
     ``shortcut_radius`` 0.5 (RMS per pixel) for the wide-ball universal perturbation (same steps);
     ``window_area`` 0.04 (share of the image), ``window_stride`` 0.5 (of the window's side),
     ``window_steps`` 40, ``window_screen`` 8 and ``window_finalists`` 4 for the window scan;
-    ``percentile`` 99 display scaling; ``threshold`` 3.5 on the fused class score
+    ``percentile`` 99 display scaling; ``scale`` reference (z scale: the clean reference models'; ``hybrid``
+    for the larger of that and the model's own spread over its other classes);
+    ``threshold`` 3.5 on the fused class score (3.0 with ``scale=hybrid``)
     (``--threshold`` overrides); ``feature_dominance`` false (true adds the FreeEagle-style statistic, with
     ``feature_examples`` 64, ``feature_steps`` 300, ``feature_lr`` 0.01, ``feature_restarts`` 2,
     ``feature_decay`` 0.005).
@@ -166,21 +178,19 @@ class SaliencyDetector(Detector):
     def planned_passes(cls, num_classes: int, context: RunContext) -> float:
         """Gradient passes of the universal maps (two balls), the mask ladder and the window scan, ×3 for
         the backward pass, plus the probe pools (the transplant and screening passes are small)."""
-        opt = {key: context.option(key, default) for key, default in _DEFAULTS.items()}
-        budgets = len(tuple(opt["budgets"])) if isinstance(opt["budgets"], tuple) else len(str(opt["budgets"]).split(","))
-        per_class = (2 * int(opt["uap_batch"]) * int(opt["uap_steps"]) + int(opt["starts"]) * int(opt["steps"]) * budgets
+        opt = _read_options(context)
+        per_class = (2 * int(opt["uap_batch"]) * int(opt["uap_steps"])
+                     + int(opt["starts"]) * int(opt["steps"]) * len(opt["budgets"])
                      + int(opt["starts"]) * int(opt["window_steps"]))
         return 3.0 * num_classes * per_class + 2.0 * int(opt["pool"])
 
     def _run(self, target: ModelTarget, context: RunContext) -> Findings:
-        opt = {key: context.option(key, default) for key, default in _DEFAULTS.items()}
+        opt = _read_options(context)
         opt.update(_work_counts(context))
         threshold = float(context.threshold if context.threshold is not None
-                          else context.option("threshold", DEFAULT_THRESHOLD))
+                          else context.option("threshold", DEFAULT_THRESHOLDS[opt["scale"]]))
         kinds = tuple(s.strip() for s in str(opt["kinds"]).split(",") if s.strip())
-        budgets = tuple(sorted(float(b) for b in opt["budgets"]))
-        if not budgets or not all(0.0 < b <= 1.0 for b in budgets):
-            raise ValueError(f"saliency budgets must be fractions in (0, 1], got {budgets}")
+        budgets = opt["budgets"]
         device = target.device
         shape = target.spec.shape
         k = target.num_classes
@@ -285,7 +295,9 @@ class SaliencyDetector(Detector):
         }
         shortcut_flip = torch.nan_to_num(shortcut.flip_rate, nan=1.0).cpu().double().numpy()
         rel = {name: relative_to_others(v) for name, v in raw.items()}
-        zs = {name: calibrated_z(name, rel[name]) for name in FUSED_STATISTICS}
+        spread = {name: within_model_spread(raw[name]) if opt["scale"] == "hybrid" else None
+                  for name in FUSED_STATISTICS}
+        zs = {name: calibrated_z(name, rel[name], spread[name]) for name in FUSED_STATISTICS}
         score = fused_class_score(zs)
         return self._findings(target, context, opt, budgets, threshold, raw, rel, zs, score, asr, compact,
                               ladder, binary, uap, kind_sink, held_valid, universal_map, shortcut_flip,
@@ -393,8 +405,10 @@ class SaliencyDetector(Detector):
             f"how hard a small patch anywhere does. Scored the transplant success of the recovered region "
             f"on held-out inputs, the concentration of the class map and the margins the wide perturbation and the "
             f"best window reach (in units of the median class's margin), "
-            f"each as a z against clean reference models "
-            f"(flagged when the mean of a class's two largest z's > {threshold:g})."
+            f"each as a z against clean reference models"
+            + (" on the larger of their scale and the spread of this model's other classes"
+               if opt["scale"] == "hybrid" else "")
+            + f" (flagged when the mean of a class's two largest z's > {threshold:g})."
         )
         effort = _effective_effort(opt, k)
         if effort < 1.0:
@@ -417,6 +431,18 @@ class SaliencyDetector(Detector):
 
 # --------------------------------------------------------------------------------------------------
 # Helpers (public: the calibration script and tests use them)
+
+
+def _read_options(context: RunContext) -> dict:
+    """The options at their defaults' types, checked (the compute plan reads them before any detector
+    runs, so a bad value stops the scan before any work): ``budgets`` sorted."""
+    opt = {key: context.option(key, default) for key, default in _DEFAULTS.items()}
+    if opt["scale"] not in DEFAULT_THRESHOLDS:
+        raise OptionError(f"option scale={opt['scale']!r} must be 'hybrid' or 'reference'")
+    opt["budgets"] = tuple(sorted(opt["budgets"]))
+    if not opt["budgets"] or not all(0.0 < b <= 1.0 for b in opt["budgets"]):
+        raise OptionError(f"option budgets={','.join(f'{b:g}' for b in opt['budgets'])} must be fractions in (0, 1]")
+    return opt
 
 
 def _work_counts(context: RunContext) -> dict[str, int]:
@@ -455,9 +481,27 @@ def _in_typical_units(margins: np.ndarray) -> np.ndarray:
     return margins / scale if scale > 1e-9 else np.zeros_like(margins)
 
 
-def calibrated_z(name: str, relative: np.ndarray) -> np.ndarray:
+def calibrated_z(name: str, relative: np.ndarray, spread: np.ndarray | None = None) -> np.ndarray:
+    """z of the relative values against the clean reference models; with ``spread`` (per class, from
+    :func:`within_model_spread`) the scale is the larger of the reference scale and that spread."""
     centre, scale = CALIBRATION[name]
+    scale = np.maximum(scale, spread) if spread is not None else scale
     return (np.asarray(relative, dtype=np.float64) - centre) / scale
+
+
+def within_model_spread(values: np.ndarray) -> np.ndarray:
+    """Per class t, 1.4826·MAD of the *other* classes' values: how widely this model's own classes spread.
+
+    A class is an outlier only if it stands out against both the clean reference models and its own
+    model's classes: a network whose classes all spread widely on a statistic (a standard-size ResNet-18
+    can be driven hard toward several clean classes, bench/RESULTS.md §8) gets a wider scale; a model
+    whose other classes cluster, as a backdoored model's do, keeps the reference scale."""
+    v = np.asarray(values, dtype=np.float64)
+    out = np.empty(v.size)
+    for t in range(v.size):
+        others = np.delete(v, t)
+        out[t] = 1.4826 * float(np.median(np.abs(others - np.median(others))))
+    return out
 
 
 def calibration_scale(values: np.ndarray, floor: float = 0.02) -> tuple[float, float]:
