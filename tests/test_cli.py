@@ -173,7 +173,8 @@ def test_detectors_command_lists_the_registry():
     assert proc.returncode == 0
     listed = json.loads(proc.stdout)
     assert [d["name"] for d in listed] == list(registered())
-    assert {"needs_gradients", "needs_data", "prefers_gpu"} <= set(listed[0])
+    assert {"needs_gradients", "needs_data", "prefers_gpu", "options"} <= set(listed[0])
+    assert "steps" in next(d for d in listed if d["name"] == "max_margin")["options"]
 
 
 class _Payload:
