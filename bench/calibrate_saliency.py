@@ -5,6 +5,8 @@
     python bench/calibrate_saliency.py --digits-seeds 1-8 --eval-dev   # + a few trojaned dev models
     python bench/calibrate_saliency.py --zoo bench/zoo/reference --digits-seeds 1-8 --dev-zoo bench/zoo/dev
                                                                   # + the dev split's trojaned models
+    python bench/calibrate_saliency.py --digits-seeds 1-8 --dev-zoo bench/zoo/dev --dev-seeds 7100-9807 --out B.json
+                                                                  # a share of them in a second process
 
 For every clean model the detector runs with its default options; the *relative* per-class statistics
 (``rel_<name>`` in each class's metrics: value minus the median of the other classes) are pooled over
@@ -36,6 +38,7 @@ from auditor.detectors import saliency as sal  # noqa: E402
 from auditor.detectors.base import RunContext  # noqa: E402
 from auditor.spec import InputSpec  # noqa: E402
 from auditor.target import ModelTarget  # noqa: E402
+from bench.saliency_fusion import in_seed_ranges  # noqa: E402
 
 DIGITS_SPEC = InputSpec("image", (1, 28, 28))
 CACHE = Path(__file__).resolve().parent / "_cache" / "saliency"
@@ -120,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--digits-seeds", default="", help="train/load clean digits SmallCNNs with these seeds, e.g. 1-8")
     ap.add_argument("--eval-dev", action="store_true", help="also score trojaned digits dev models")
     ap.add_argument("--dev-zoo", type=Path, help="also score this zoo's scored trojaned image members (the dev split)")
+    ap.add_argument("--dev-seeds", default=None, metavar="A-B[,C-D]",
+                    help="only the dev models with these seeds (split a long run over processes; "
+                         "bench/saliency_fusion.py merges the outputs)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="a detector option for every run (a variant to compare with bench/saliency_fusion.py)")
@@ -185,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.dev_zoo:
         for mid, module, spec, targets, attack in zoo_trojaned_models(a.dev_zoo):
+            if not in_seed_ranges(mid, a.dev_seeds):
+                continue
             result, seconds = run_detector(module, spec, options=options)
             rel = {s: [c.metrics[f"rel_{s}"] for c in result.classes] for s in sal.FUSED_STATISTICS}
             scores = score_with(constants, rel)

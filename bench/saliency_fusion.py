@@ -80,6 +80,19 @@ def shipped_scores(rows: list[dict], hybrid: bool) -> np.ndarray:
     return scores({s: relative(rows, s) for s in stats}, {s: sal.CALIBRATION[s] for s in stats}, "top2", spreads)
 
 
+def merged(runs: list[dict]) -> dict:
+    """Clean and dev rows of several calibration runs, each model once (the first run's row wins)."""
+    out: dict[str, list[dict]] = {"clean": [], "dev": []}
+    for part in out:
+        seen: set[str] = set()
+        for run in runs:
+            for row in run.get(part, []):
+                if row["id"] not in seen:
+                    seen.add(row["id"])
+                    out[part].append(row)
+    return out
+
+
 def in_seed_ranges(model_id: str, ranges: str | None) -> bool:
     """Whether the seed at the end of ``model_id`` lies in one of ``ranges`` ("A-B,C-D"; None: all)."""
     if ranges is None:
@@ -112,7 +125,8 @@ def evaluate(clean: dict[str, dict], dev: list[dict], stats: list[str], rule: st
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("calibration", type=Path, nargs="?", default=Path("bench/_cache/saliency_calibration.json"))
+    ap.add_argument("calibration", type=Path, nargs="*", default=[Path("bench/_cache/saliency_calibration.json")],
+                    help="outputs of calibrate_saliency.py; several are merged (clean and dev models by id)")
     ap.add_argument("--sets", default=";".join(DEFAULT_SETS), help="';'-separated comma lists of statistics")
     ap.add_argument("--detail", action="store_true", help="print every dev model's score")
     ap.add_argument("--rule", choices=sorted(RULES), default="top2", help="how a class's z's are fused")
@@ -121,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default=None, metavar="A-B[,C-D]",
                     help="score only the dev models whose seed (the id's last part) is in these ranges")
     a = ap.parse_args(argv)
-    saved = json.loads(a.calibration.read_text())
+    saved = merged([json.loads(path.read_text()) for path in a.calibration])
     sets = [[s.strip() for s in group.split(",") if s.strip()] for group in a.sets.split(";") if group.strip()]
     names = sorted({s for group in sets for s in group})
     clean = {row["id"]: {**{s: relative(row["classes"], s) for s in names},

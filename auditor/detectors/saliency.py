@@ -51,11 +51,11 @@ All classes are processed in one batch. For every class t:
 
 Statistics are made relative within the model (value minus the median over the other classes) and
 turned into z-scores with constants measured on *clean* models that are not under test
-(:data:`CALIBRATION`, produced by ``bench/calibrate_saliency.py``); with ``scale=hybrid`` the z's scale
-is the larger of the clean models' and the spread of the scanned model's own other classes, so a network
-whose classes all spread widely (a standard-size ResNet-18's clean classes did, bench/RESULTS.md §8) is
-not flagged for it. The class score is the mean of
-the two largest calibrated z's over the fused statistics (a backdoor raises several at once).
+(:data:`CALIBRATION`, produced by ``bench/calibrate_saliency.py``). With ``scale=hybrid`` (an option,
+not the default) the z's scale is the larger of the clean models' and the spread of the scanned model's
+own other classes, so a class must also stand out within its own model: meant for networks whose classes
+all spread widely (a standard-size ResNet-18's clean classes did, bench/RESULTS.md §8). The class score
+is the mean of the two largest calibrated z's over the fused statistics (a backdoor raises several at once).
 The probe's sink share and the small ball's flip rate are reported but not fused: neither raises the
 AUROC on the 25-model dev split, and the sink share flagged more clean models on the benchmark (some
 classes collect noise on clean models too; bench/RESULTS.md §3).
@@ -85,7 +85,8 @@ from auditor.target import ModelTarget
 # for statistics that are zero for most classes. z_t = (r_t − centre) / max(scale, spread_t), where
 # spread_t = 1.4826·MAD of the scanned model's other classes (:func:`within_model_spread`) with option
 # ``scale=hybrid``: a class must stand out against the clean models *and* against its own model's
-# classes. The default ``scale=reference`` is z_t = (r_t − centre) / scale.
+# classes. The default ``scale=reference`` is z_t = (r_t − centre) / scale: on a held-out dev draw hybrid
+# ranked trojaned models a little worse (AUROC 0.862 against 0.866; bench/RESULTS.md §3 "Stop 23").
 #
 # Obtained from 33 clean reference models — 8 digits SmallCNNs (seeds 1–8) and the 25 clean image models
 # of `bench/zoo.py --reference` (digits CNN/VGG/ResNet/MobileNet/ViT, shapes VGG/ResNet/MobileNet; seeds
@@ -97,12 +98,16 @@ CALIBRATION: dict[str, tuple[float, float]] = {
     "shortcut_margin": (0.0000, 0.4432),
     "window_margin": (0.0000, 0.6103),
 }
-#: Default decision thresholds on the class score (:func:`fused_class_score`), per ``scale``: the smallest
-#: half-integer above every clean reference model's largest class score (leave-one-model-out).
-#: Reference: median 1.8, max 3.39 on a shapes VGG → 3.5 (dev draws 1–6: AUROC 0.886). Hybrid: max 2.76
-#: → 3.0 (stop 23's first try; re-measured with its dev figures in bench/RESULTS.md §3 "Stop 23").
-DEFAULT_THRESHOLDS = {"hybrid": 3.0, "reference": 3.5}
-DEFAULT_THRESHOLD = DEFAULT_THRESHOLDS["reference"]
+#: The default decision threshold on the class score (:func:`fused_class_score`): the smallest
+#: half-integer above every clean reference model's largest class score (leave-one-model-out scores:
+#: median 1.8, max 3.39 on a shapes VGG). The dev split's 25 trojaned models (`--dev-zoo bench/zoo/dev`,
+#: never scored by the bench) scored 1.4–66, median 4.6; AUROC 0.878 against the clean scores (0.956 on
+#: the first 13, on which the statistics were chosen). The same rule gives 3.5 for ``scale=hybrid`` on the
+#: reference population as rebuilt in stop 23 (largest score 3.10 with these constants, 3.39 leave-one-out;
+#: bench/RESULTS.md §3 "Stop 23").
+DEFAULT_THRESHOLD = 3.5
+#: The z scales of option ``scale`` (the first is the default).
+SCALES = ("reference", "hybrid")
 #: A class whose score exceeds ``EXTREME_FACTOR × threshold`` is called a backdoor target even when the
 #: transplant check does not reach 50 % (e.g. whole-image triggers that no small region reproduces).
 EXTREME_FACTOR = 2.0
@@ -168,7 +173,7 @@ class SaliencyDetector(Detector):
     ``window_steps`` 40, ``window_screen`` 8 and ``window_finalists`` 4 for the window scan;
     ``percentile`` 99 display scaling; ``scale`` reference (z scale: the clean reference models'; ``hybrid``
     for the larger of that and the model's own spread over its other classes);
-    ``threshold`` 3.5 on the fused class score (3.0 with ``scale=hybrid``)
+    ``threshold`` 3.5 on the fused class score
     (``--threshold`` overrides); ``feature_dominance`` false (true adds the FreeEagle-style statistic, with
     ``feature_examples`` 64, ``feature_steps`` 300, ``feature_lr`` 0.01, ``feature_restarts`` 2,
     ``feature_decay`` 0.005).
@@ -188,7 +193,7 @@ class SaliencyDetector(Detector):
         opt = _read_options(context)
         opt.update(_work_counts(context))
         threshold = float(context.threshold if context.threshold is not None
-                          else context.option("threshold", DEFAULT_THRESHOLDS[opt["scale"]]))
+                          else context.option("threshold", DEFAULT_THRESHOLD))
         kinds = tuple(s.strip() for s in str(opt["kinds"]).split(",") if s.strip())
         budgets = opt["budgets"]
         device = target.device
@@ -437,8 +442,8 @@ def _read_options(context: RunContext) -> dict:
     """The options at their defaults' types, checked (the compute plan reads them before any detector
     runs, so a bad value stops the scan before any work): ``budgets`` sorted."""
     opt = {key: context.option(key, default) for key, default in _DEFAULTS.items()}
-    if opt["scale"] not in DEFAULT_THRESHOLDS:
-        raise OptionError(f"option scale={opt['scale']!r} must be 'hybrid' or 'reference'")
+    if opt["scale"] not in SCALES:
+        raise OptionError(f"option scale={opt['scale']!r} must be one of {', '.join(SCALES)}")
     opt["budgets"] = tuple(sorted(opt["budgets"]))
     if not opt["budgets"] or not all(0.0 < b <= 1.0 for b in opt["budgets"]):
         raise OptionError(f"option budgets={','.join(f'{b:g}' for b in opt['budgets'])} must be fractions in (0, 1]")
