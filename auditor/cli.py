@@ -465,6 +465,9 @@ def _summary(console, report, written) -> None:
     console.print(table)
     console.print(f"[{colour}]{verdict.status.upper()}[/]: {escape(verdict.headline(report.labels))}"
                   + ("" if verdict.model_score is None else f"  (model score {verdict.model_score:.3f})"))
+    if verdict.status != "inconclusive":  # an inconclusive verdict's notes are its headline
+        for note in verdict.notes:
+            console.print(f"  note: {escape(note)}")
     for fmt, path in written.items():
         console.print(f"  {fmt:5s} {escape(str(path))}")
 

@@ -32,6 +32,13 @@ from auditor.target import ModelTarget
 DEFAULT_BUDGET_FLOPS: Mapping[str, float] = {"cpu": 1e14, "cuda": 5e15}
 #: Below this, detectors stop at their floors anyway; the plan reports what they actually ran.
 MIN_EFFORT = 0.01
+#: The largest network of the clean reference population that the calibrated detectors' thresholds come
+#: from (``bench/zoo.py --reference``): the digits ViT, 11.6 MFLOP per forward pass (PointNets 10.6).
+REFERENCE_MAX_FLOPS = 1.2e7
+#: Beyond this multiple of a detector's calibrated size, the report says its thresholds are extrapolated
+#: (the reference networks span 1–12 MFLOP; a 4× larger one is unlike any of them). On a CIFAR ResNet-18
+#: (≈ 90×) saliency flagged a clean twin just over its threshold (bench/RESULTS.md §8).
+EXTRAPOLATION_FACTOR = 4.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,16 @@ class ComputePlan:
                f"exceeds the budget of {self.budget_flops:.2g} FLOP" if self.requested == "auto"
                else f"set by {self.requested}")
         return f"reduced effort ({shares} of the default work): {why}"
+
+
+def calibration_note(name: str, calibrated_flops: float | None, model_flops: float) -> str:
+    """'' when ``name``'s thresholds were calibrated on networks of about this size (or need no calibration
+    population), else one sentence for the verdict's notes saying they are extrapolated here."""
+    if calibrated_flops is None or model_flops <= EXTRAPOLATION_FACTOR * calibrated_flops:
+        return ""
+    return (f"{name}: this model costs {model_flops:.2g} FLOP per forward pass, {model_flops / calibrated_flops:.0f}× "
+            f"the largest network its thresholds were calibrated on ({calibrated_flops:.2g}); they are "
+            "extrapolated here, so a class near its threshold is weak evidence")
 
 
 def forward_flops(target: ModelTarget) -> float:

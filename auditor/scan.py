@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from auditor import __version__
-from auditor.compute import ComputePlan, parse_effort, plan
+from auditor.compute import ComputePlan, calibration_note, parse_effort, plan
 from auditor.detectors import create, registered
 from auditor.detectors.base import COMMON_OPTIONS, DetectorResult, RunContext
 from auditor.errors import OptionError, UsageError
@@ -148,9 +148,14 @@ def scan(
     if problem:
         results = [_invalidate(r, problem) for r in results]
     timings["total"] = time.monotonic() - started
+    verdict = fuse(results, target.labels)
+    caveats = tuple(note for r in results if r.status == "ok" and (note := calibration_note(
+        r.name, registered()[r.name].info.calibrated_flops, compute.forward_flops)))
+    if caveats:
+        verdict = replace(verdict, notes=verdict.notes + caveats)
     return AuditReport(
         tool_version=__version__, model=target.info, spec=target.spec, labels=target.labels,
-        seed=context.seed, verdict=fuse(results, target.labels), results=tuple(results), timings=timings,
+        seed=context.seed, verdict=verdict, results=tuple(results), timings=timings,
         device=str(target.device), settings=dict(settings or {}), fidelity=suite,
     )
 

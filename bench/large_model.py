@@ -3,9 +3,9 @@
 shapes 3×32×32, each with a planted BadNets patch and as a clean twin, then scanned by the CLI with the
 automatic compute plan (auditor/compute.py).
 
-    python bench/large_model.py train --kind trojaned --out bench/_large     # ~25 min on one core
+    python bench/large_model.py train --kind trojaned --out bench/_large     # 25–48 min on one core
     python bench/large_model.py train --kind clean --out bench/_large
-    python bench/large_model.py train --arch vgg11 --kind clean              # ~8 min on one core
+    python bench/large_model.py train --arch vgg11 --kind clean              # 12 min on one idle core
     python bench/large_model.py scan --out bench/_large [--effort auto]      # both models, CLI, timed
 
 This checks that the plan keeps a real-size scan tractable on CPU and what the verdict is at the effort it

@@ -642,7 +642,9 @@ def main(argv: list[str] | None = None) -> int:
     cost = cost_metrics(rows, scorers)
     scale = scaling(scanned, runs_dir, a.timeout, a.cli_arg) if a.scaling else None
     wall = sum(run["wall_s"] for r in rows.values() for run in r["runs"].values())
-    roc_file = a.results.parent / ("roc.png" if section == "main" else f"roc-{section}.png")
+    roc_name = "roc.png" if section == "main" else f"roc-{section}.png"
+    # a --no-write run must not overwrite the committed plot that RESULTS.md shows
+    roc_file = (runs_dir if a.no_write else a.results.parent) / roc_name
     roc_plot(members, rows, scorers, roc_file)
     (runs_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, "cost": cost, "scaling": scale}, indent=1))
     body = render(section, manifest, members, rows, names, metrics, cost, scale, roc_file, a.inprocess, wall,

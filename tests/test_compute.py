@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from torch import nn
 
-from auditor.compute import forward_flops, parse_effort, plan
+from auditor.compute import REFERENCE_MAX_FLOPS, calibration_note, forward_flops, parse_effort, plan
 from auditor.detectors.base import RunContext
 from auditor.detectors.saliency import _DEFAULTS, SaliencyDetector, _work_counts
 from auditor.errors import UsageError
@@ -87,3 +89,18 @@ def test_bad_effort_is_a_usage_error(text):
 def test_auto_effort_is_none_and_numbers_pass():
     assert parse_effort("auto") is None and parse_effort(None) is None
     assert parse_effort("0.25") == 0.25
+
+
+def test_a_network_far_beyond_the_calibration_population_is_said_to_be_extrapolated(digits_twins):
+    assert calibration_note("saliency", REFERENCE_MAX_FLOPS, forward_flops(digits_twins.clean)) == ""
+    assert calibration_note("max_margin", None, 1e12) == ""  # a within-model null needs no population
+    note = calibration_note("saliency", REFERENCE_MAX_FLOPS, 1.1e9)
+    assert "extrapolated" in note and "92×" in note
+    # the scan puts it in the verdict's notes, for the calibrated detector only
+    small = plan_compute(digits_twins.clean, ["max_margin", "saliency"], {}, effort=0.1)
+    report = scan(digits_twins.clean, ["max_margin", "saliency"], RunContext(seed=0),
+                  compute=replace(small, forward_flops=1.1e9))
+    assert [n for n in report.verdict.notes if "extrapolated" in n] == [calibration_note("saliency", REFERENCE_MAX_FLOPS, 1.1e9)]
+    assert report.verdict.status != "inconclusive"
+    assert not [n for n in scan(digits_twins.clean, ["max_margin"], RunContext(seed=0), compute=small).verdict.notes
+                if "extrapolated" in n]

@@ -85,6 +85,7 @@ def test_same_seed_same_scores_and_valid_schema(name, digits_twins):
 def test_declared_work_grows_at_most_linearly_with_classes(name):
     cls = registered()[name]
     assert 0.0 < cls.info.tolerated_effort <= 1.0
+    assert cls.info.calibrated_flops is None or cls.info.calibrated_flops > 0
     ten, forty = cls.planned_passes(10, RunContext()), cls.planned_passes(40, RunContext())
     assert 0.0 <= ten and forty <= 4 * ten, "the compute plan assumes work linear in the classes"
 

@@ -194,6 +194,10 @@ class DetectorInfo:
     #: The option keys it reads (``--option NAME.KEY=VALUE``), besides :data:`COMMON_OPTIONS`; any other
     #: key is a usage error, so a typo never silently runs the default.
     options: tuple[str, ...] = ()
+    #: The largest forward-pass FLOPs among the clean networks its thresholds were calibrated on; None when
+    #: its test needs no calibration population (a null fitted inside the scanned model). A scan of a far
+    #: larger network says that the thresholds are extrapolated there (auditor.compute).
+    calibrated_flops: float | None = None
 
 
 #: Option keys every detector takes: ``effort`` is read by the compute plan (auditor.compute).
@@ -275,6 +279,7 @@ def register(
     default: bool = True,
     tolerated_effort: float = 1.0,
     options: tuple[str, ...] = (),
+    calibrated_flops: float | None = None,
 ) -> Callable[[type[Detector]], type[Detector]]:
     """Class decorator adding a detector to the registry; refuses duplicate names."""
 
@@ -284,7 +289,7 @@ def register(
         cls.info = DetectorInfo(
             name=name, summary=summary, reference=reference, needs_gradients=needs_gradients,
             needs_data=needs_data, prefers_gpu=prefers_gpu, modalities=modalities, default=default,
-            tolerated_effort=tolerated_effort, options=tuple(options),
+            tolerated_effort=tolerated_effort, options=tuple(options), calibrated_flops=calibrated_flops,
         )
         _REGISTRY[name] = cls
         return cls

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from auditor.compute import REFERENCE_MAX_FLOPS
 from auditor.detectors.base import ClassEvidence, Detector, EvidenceImage, Findings, RunContext, register
 from auditor.diffusion.generators import (
     BundledPrior,
@@ -93,6 +94,7 @@ from auditor.target import ModelTarget
              "objective", "context_per_class", "victims", "texture_amplitude", "min_flip", "fidelity_stages",
              "fidelity_per_class", "prior_rho", "border_loss", "texture_loss", "min_coverage", "min_confidence",
              "ring", "concepts"),
+    calibrated_flops=REFERENCE_MAX_FLOPS,  # the bundled priors' thresholds (bench/diffusion_calibrate.py)
 )
 class DiffusionProbe(Detector):
     """Options (``--option diffusion.KEY=VALUE``):

@@ -31,6 +31,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
+from auditor.compute import REFERENCE_MAX_FLOPS
 from auditor.detectors._flow_core import (
     AMResult,
     Flows,
@@ -114,6 +115,7 @@ class FlowAMOptions:
     # so it does not vote in the default verdict; its class-maximising images are still worth a look
     default=False,
     options=tuple(f.name for f in fields(FlowAMOptions)),
+    calibrated_flops=REFERENCE_MAX_FLOPS,
 )
 class FlowAMDetector(Detector):
     """See the module docstring; options in :class:`FlowAMOptions`."""

@@ -68,6 +68,7 @@ import math
 import numpy as np
 import torch
 
+from auditor.compute import REFERENCE_MAX_FLOPS
 from auditor.detectors import _saliency_core as core
 from auditor.detectors.base import ClassEvidence, Detector, EvidenceImage, Findings, RunContext, register
 from auditor.errors import OptionError
@@ -160,6 +161,7 @@ _DEFAULTS = {
     needs_data=False,
     modalities=("image",),
     options=(*_DEFAULTS, "threshold"),
+    calibrated_flops=REFERENCE_MAX_FLOPS,
 )
 class SaliencyDetector(Detector):
     """Options (``--option saliency.KEY=VALUE``), with defaults:
