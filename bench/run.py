@@ -155,8 +155,10 @@ def scores_from_report(report: dict | None, names: list[str]) -> dict:
     for n in names:
         d = (report.get("detectors") or {}).get(n, {})
         flagged = [c["index"] for c in classes if (c.get("detectors") or {}).get(n, {}).get("flagged")]
+        # per-class strength (evidence in units of the detector's threshold): lets --reuse re-fuse the agreement
+        strengths = [(c.get("detectors") or {}).get(n, {}).get("strength") for c in classes]
         out[n] = {"status": d.get("status"), "reason": d.get("reason", ""), "model_score": d.get("model_score"),
-                  "flagged": flagged, "seconds": d.get("seconds")}
+                  "flagged": flagged, "seconds": d.get("seconds"), "strengths": strengths}
     out[FUSED] = {"status": "ok" if report.get("model_score") is not None else "failed",
                   "model_score": report.get("model_score"), "flagged": list(report.get("flagged_classes") or []),
                   "verdict": report.get("verdict"),
@@ -190,8 +192,8 @@ def merge_earlier_run(rows: dict, earlier_dir: Path, name: str) -> None:
     """Add detector ``name``'s cached results from an earlier run to each row and re-fuse.
 
     Detectors draw randomness from their own seeded generators, so a detector's result does not
-    depend on which other detectors ran in the same scan; the fused scores follow ``auditor.verdict``:
-    model score = the largest detector model score, flagged classes = the union."""
+    depend on which other detectors ran in the same scan; the fused scores follow ``auditor.verdict``
+    (:func:`refuse`)."""
     for member_id, row in rows.items():
         found = None
         # the newest cached result that has the detector (older ones may predate a code change)
@@ -205,16 +207,34 @@ def merge_earlier_run(rows: dict, earlier_dir: Path, name: str) -> None:
         run["scores"][name] = found["scores"][name]
         run["wall_s"] += float(found["scores"][name].get("seconds") or 0.0)
         run["reused"] = sorted(set(run.get("reused", [])) | {name})
-        ok = [sc for n, sc in run["scores"].items() if n != FUSED and sc.get("status") == "ok"]
+        ok = {n: sc for n, sc in run["scores"].items() if n != FUSED and sc.get("status") == "ok"}
         fused = run["scores"][FUSED]
         if ok:
-            fused["model_score"] = max(float(sc["model_score"]) for sc in ok)
-            fused["flagged"] = sorted({c for sc in ok for c in sc["flagged"]})
+            fused["model_score"], fused["flagged"] = refuse(ok)
             fused["verdict"] = "suspicious" if fused["flagged"] else "clean"
             fused["status"] = "ok"
             if run["exit"] in (0, 1):  # the exit code the CLI gives that verdict (errors are kept)
                 run["exit"] = 1 if fused["flagged"] else 0
         fused["seconds"] = sum(float(sc.get("seconds") or 0.0) for n, sc in run["scores"].items() if n != FUSED)
+
+
+def refuse(scores: dict[str, dict]) -> tuple[float, list[int]]:
+    """The fused model score and flagged classes of ``auditor.verdict`` from cached per-detector scores:
+    the largest model score and the union of flags, plus the agreement of the default pair where both
+    cached results carry per-class strengths (results cached before stop 25 do not: union only)."""
+    from auditor.stats import squash
+    from auditor.verdict import AGREEMENT_DETECTORS, AGREEMENT_THRESHOLD
+
+    score = max(float(sc["model_score"]) for sc in scores.values())
+    flagged = {c for sc in scores.values() for c in sc["flagged"]}
+    pair = [scores.get(n, {}).get("strengths") for n in AGREEMENT_DETECTORS]
+    if all(pair) and len({len(p) for p in pair}) == 1:
+        sums = [sum(max(float(v), 0.0) for v in values) for values in zip(*pair) if None not in values]
+        full = [i for i, values in enumerate(zip(*pair)) if None not in values]
+        flagged |= {i for i, total in zip(full, sums) if total >= AGREEMENT_THRESHOLD}
+        if sums:
+            score = max(score, squash(max(sums) / AGREEMENT_THRESHOLD, 1.0, width=0.25))
+    return score, sorted(flagged)
 
 
 def cache_file(folder: Path, cmd: list[str], inprocess: bool, model_file: Path) -> Path:

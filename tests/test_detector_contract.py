@@ -75,6 +75,11 @@ def test_same_seed_same_scores_and_valid_schema(name, digits_twins):
         for img in c.images:
             assert img.pixels.ndim in (2, 3) and img.caption
             assert np.nanmin(img.pixels) >= -1e-6 and np.nanmax(img.pixels) <= 1 + 1e-6
+    finite = [c for c in first.classes if math.isfinite(c.strength)]
+    for c in finite:  # strength is the evidence in units of the detector's own threshold
+        assert c.flagged == (c.strength > 1.0), f"class {c.index}: strength {c.strength} vs flagged {c.flagged}"
+    if finite:  # and every model score is 0.5 where the detector's decision turns
+        assert (first.model_score > 0.5) == bool(first.flagged_classes)
     assert first.description, "results must say what was optimised/measured"
     assert [c.score for c in first.classes] == [c.score for c in second.classes], "not deterministic"
     assert first.model_score == second.model_score

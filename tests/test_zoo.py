@@ -144,6 +144,26 @@ def test_reused_results_are_re_fused_with_the_cli_rule(tmp_path):
     assert run["exit"] == 1 and run["reused"] == ["max_margin"]
 
 
+def test_re_fusing_cached_scores_agrees_with_the_verdict():
+    from auditor.detectors.base import ClassEvidence, DetectorResult
+    from auditor.stats import squash
+    from auditor.verdict import AGREEMENT_DETECTORS, AGREEMENT_THRESHOLD, fuse
+
+    half = AGREEMENT_THRESHOLD / 2 + 0.05
+    strengths = {AGREEMENT_DETECTORS[0]: (0.2, half, 1.3, -2.0), AGREEMENT_DETECTORS[1]: (0.1, half, 0.0, 0.4)}
+    results = [DetectorResult(name, "ok", model_score=squash(max(values), 1.0, width=0.25), classes=tuple(
+        ClassEvidence(index=t, score=v, z=v, flagged=v > 1.0, strength=v) for t, v in enumerate(values)))
+        for name, values in strengths.items()]
+    verdict = fuse(results, ("a", "b", "c", "d"))
+    cached = {r.name: {"model_score": r.model_score, "flagged": list(r.flagged_classes),
+                       "strengths": [c.strength for c in r.classes]} for r in results}
+    score, flagged = bench_run.refuse(cached)
+    assert flagged == list(verdict.flagged_classes) == [1, 2]
+    assert score == pytest.approx(verdict.model_score)
+    cached_before_strengths = {n: {k: v for k, v in sc.items() if k != "strengths"} for n, sc in cached.items()}
+    assert bench_run.refuse(cached_before_strengths)[1] == [2], "no strengths cached: the union only"
+
+
 @pytest.mark.slow
 def test_small_profile_end_to_end(tmp_path):
     """Build the --small zoo, check the manifest and exports, and score it through the real CLI."""

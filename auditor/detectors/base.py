@@ -56,6 +56,9 @@ class ClassEvidence:
     ``z``: robust z of that statistic against the detector's null (median/MAD or calibrated).
     ``role``: ``""``, ``"backdoor target"``, ``"unusual"`` or ``"spurious feature"``.
     ``valid``: False when the numbers could not be computed (NaN logits …), with ``invalid_reason``.
+    ``strength``: the class's evidence in units of the detector's own decision threshold (1.0 at the
+    threshold, above it when the headline statistic flags the class, ≤ 0 for none), so that detectors
+    can be compared and combined (:mod:`auditor.verdict`); NaN when the detector has no such scale.
     """
 
     index: int
@@ -68,11 +71,15 @@ class ClassEvidence:
     description: str = ""
     valid: bool = True
     invalid_reason: str = ""
+    strength: float = float("nan")
 
 
 @dataclass(frozen=True, eq=False)
 class Findings:
-    """What ``_run`` returns; the base class wraps it into a :class:`DetectorResult`."""
+    """What ``_run`` returns; the base class wraps it into a :class:`DetectorResult`.
+
+    ``model_score`` is in [0, 1], monotone in the evidence, and 0.5 at the detector's own threshold (so
+    that one detector's score can be read against another's)."""
 
     model_score: float
     classes: tuple[ClassEvidence, ...]

@@ -207,6 +207,7 @@ class FlowAMDetector(Detector):
             pics = _pictures(target, shown.x[c], free.x[c], m, fidelity)
             classes_out.append(ClassEvidence(
                 index=c, score=float(stat[c]), z=float(z[c]), flagged=flagged,
+                strength=float(z[c]) / threshold if valid[c] and threshold > 0 else float("nan"),
                 role="backdoor target" if flagged else "", metrics=m, images=pics,
                 description=objective.format(label=target.label(c)) + (
                     f"; flow-guided AM reached logit {m['logit_flow']:.2f} "

@@ -18,7 +18,7 @@ import torch
 from scipy import stats
 
 from auditor.detectors.base import ClassEvidence, Detector, EvidenceImage, Findings, RunContext, register
-from auditor.stats import leave_one_out_z
+from auditor.stats import leave_one_out_z, squash
 from auditor.target import ModelTarget
 
 #: The paper's settings: random starts per class and SGD/Adam steps (full effort).
@@ -53,6 +53,19 @@ def order_statistic_p_values(stat: np.ndarray) -> np.ndarray:
             cdf = stats.norm.cdf(shifted[t], mu, sd)
         p[t] = 1.0 - float(cdf) ** (k - 1)
     return np.clip(p, 0.0, 1.0)
+
+
+def p_value_strength(p: np.ndarray, p_threshold: float) -> np.ndarray:
+    """log p / log p_threshold: 1 at the threshold, 2 at its square, 0 at p = 1 (p floored at 1e-12).
+
+    The class's evidence in the units the verdict compares detectors in (ClassEvidence.strength)."""
+    if not 0.0 < p_threshold < 1.0:
+        return np.full(np.shape(p), np.nan)
+    return np.log(np.clip(p, 1e-12, 1.0)) / math.log(p_threshold)
+
+
+#: Width of the model score's logistic in strength units: the same as saliency's (threshold / 4).
+SCORE_WIDTH = 0.25
 
 
 @register(
@@ -111,6 +124,7 @@ class MaxMarginDetector(Detector):
         if not np.all(np.isfinite(stat)):
             return _invalid(k, "the model produced non-finite logits on valid inputs")
         p = order_statistic_p_values(stat)
+        strength = p_value_strength(p, p_threshold)
         z = leave_one_out_z(stat)
         winners = per_start.argmax(dim=1).cpu()
         classes = []
@@ -119,7 +133,7 @@ class MaxMarginDetector(Detector):
             img = best_x.view(k, starts, *shape)[t, winners[t]].detach().cpu()
             classes.append(
                 ClassEvidence(
-                    index=t, score=float(stat[t]), z=float(z[t]), flagged=flagged,
+                    index=t, score=float(stat[t]), z=float(z[t]), flagged=flagged, strength=float(strength[t]),
                     role="backdoor target" if flagged else "",
                     metrics={"max_margin": float(stat[t]), "p_value": float(p[t]),
                              "median_margin": float(per_start[t].median())},
@@ -129,7 +143,10 @@ class MaxMarginDetector(Detector):
             )
         min_p = float(p.min())
         return Findings(
-            model_score=float(1.0 - min_p),
+            # 0.5 at p = p_threshold, like every detector's score at its own threshold (1 − p was 0.95
+            # there, which outranked other detectors' flags in the fused score: bench/RESULTS.md §2c)
+            model_score=squash(float(np.nanmax(strength)), 1.0, width=SCORE_WIDTH) if np.isfinite(strength).any()
+            else float(1.0 - min_p),
             classes=tuple(classes),
             threshold=p_threshold,
             description=(

@@ -172,6 +172,7 @@ class NeuralCleanseDetector(Detector):
             )
             evidence.append(ClassEvidence(
                 index=t, score=float(index[t]), z=float(index[t]), flagged=flagged,
+                strength=float(index[t]) / threshold if threshold > 0 else float("nan"),
                 role="backdoor target" if flagged else "",
                 metrics={"mask_l1": float(norms_np[t]), "mask_fraction": float(norms_np[t] / (h * w)),
                          "anomaly_index": float(index[t]), "trigger_success": float(flip[t]),

@@ -392,6 +392,7 @@ class SaliencyDetector(Detector):
                                                 f"transplant ASR {window_flip[t]:.0%})", kind="trigger"))
             classes.append(ClassEvidence(
                 index=t, score=float(score[t]), z=float(score[t]), flagged=flagged, role=role,
+                strength=float(score[t]) / threshold if threshold > 0 else float("nan"),
                 metrics=metrics, images=tuple(images),
                 description=(f"{_top_statistic(zs, t)}; best transplant "
                              f"{asr_np[t].max():.0%} with a {budgets[int(asr_np[t].argmax())]:.0%} region"),

@@ -14,6 +14,7 @@ import jinja2
 from auditor.detectors.base import EvidenceImage
 from auditor.reports.pictures import png_data_uri
 from auditor.scan import AuditReport
+from auditor.verdict import AGREEMENT_THRESHOLD
 
 
 def _env() -> jinja2.Environment:
@@ -59,14 +60,17 @@ def view_model(report: AuditReport) -> dict[str, Any]:
         evidence = []
         for r in ok_results:
             ev = next((e for e in r.classes if e.index == c.index), None)
-            if ev is None or not ev.flagged:
+            if ev is None or r.name not in c.flagged_by:
                 continue
             evidence.append({
-                "detector": r.name, "role": ev.role or "flagged", "score": _num(ev.score), "z": _num(ev.z),
+                "detector": r.name, "role": ev.role or ("agreement" if c.by_agreement else "flagged"),
+                "score": _num(ev.score), "z": _num(ev.z), "strength": _num(ev.strength, 2) if math.isfinite(ev.strength) else "",
                 "metrics": [(k, _num(v)) for k, v in ev.metrics.items()],
                 "description": ev.description, "images": [_picture(i) for i in ev.images],
             })
         flagged.append({"index": c.index, "label": c.label, "roles": list(c.roles), "by": list(c.flagged_by),
+                        "agreement": _num(c.agreement, 2) if c.by_agreement else "",
+                        "agreement_threshold": _num(AGREEMENT_THRESHOLD),
                         "evidence": evidence})
     rows = []
     for c in order:

@@ -50,10 +50,11 @@ def to_dict(report: AuditReport) -> dict[str, Any]:
                 continue
             view = c.detectors[r.name]
             ev = next(e for e in r.classes if e.index == c.index)
-            detectors[r.name] = {"score": view.score, "z": view.z, "flagged": view.flagged, "role": view.role,
-                                 "metrics": dict(ev.metrics)}
+            detectors[r.name] = {"score": view.score, "z": view.z, "strength": view.strength, "flagged": view.flagged,
+                                 "role": view.role, "metrics": dict(ev.metrics)}
         classes.append({"index": c.index, "label": c.label, "flagged": c.flagged, "score": c.score,
-                        "roles": list(c.roles), "detectors": detectors})
+                        "roles": list(c.roles), "flagged_by": list(c.flagged_by), "agreement": c.agreement,
+                        "by_agreement": c.by_agreement, "detectors": detectors})
     return to_plain({
         "schema": SCHEMA,
         "tool_version": report.tool_version,
