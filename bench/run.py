@@ -219,22 +219,24 @@ def merge_earlier_run(rows: dict, earlier_dir: Path, name: str) -> None:
 
 
 def refuse(scores: dict[str, dict]) -> tuple[float, list[int]]:
-    """The fused model score and flagged classes of ``auditor.verdict`` from cached per-detector scores:
-    the largest model score and the union of flags, plus the agreement of the default pair where both
-    cached results carry per-class strengths (results cached before stop 25 do not: union only)."""
-    from auditor.stats import squash
-    from auditor.verdict import AGREEMENT_DETECTORS, AGREEMENT_THRESHOLD
+    """The fused model score and flagged classes that ``auditor.verdict.fuse`` gives cached per-detector
+    scores. Results cached before stop 25 carry no per-class strengths: for those the agreement of the
+    default pair cannot be re-fused, and the rule is the largest model score and the union of flags."""
+    from auditor.detectors.base import ClassEvidence, DetectorResult
+    from auditor.verdict import fuse
 
-    score = max(float(sc["model_score"]) for sc in scores.values())
-    flagged = {c for sc in scores.values() for c in sc["flagged"]}
-    pair = [scores.get(n, {}).get("strengths") for n in AGREEMENT_DETECTORS]
-    if all(pair) and len({len(p) for p in pair}) == 1:
-        sums = [sum(max(float(v), 0.0) for v in values) for values in zip(*pair) if None not in values]
-        full = [i for i, values in enumerate(zip(*pair)) if None not in values]
-        flagged |= {i for i, total in zip(full, sums) if total >= AGREEMENT_THRESHOLD}
-        if sums:
-            score = max(score, squash(max(sums) / AGREEMENT_THRESHOLD, 1.0, width=0.25))
-    return score, sorted(flagged)
+    k = max((len(sc.get("strengths") or []) for sc in scores.values()), default=0)
+    if k == 0:
+        return max(float(sc["model_score"]) for sc in scores.values()), sorted(
+            {c for sc in scores.values() for c in sc["flagged"]})
+    results = []
+    for name, sc in scores.items():
+        strengths = sc.get("strengths") or [None] * k
+        results.append(DetectorResult(name, "ok", model_score=float(sc["model_score"]), classes=tuple(
+            ClassEvidence(index=i, score=0.0, z=0.0, flagged=i in sc["flagged"],
+                          strength=float("nan") if v is None else float(v)) for i, v in enumerate(strengths))))
+    verdict = fuse(results, [str(i) for i in range(k)])
+    return float(verdict.model_score), list(verdict.flagged_classes)
 
 
 def cache_file(folder: Path, cmd: list[str], inprocess: bool, model_file: Path) -> Path:
