@@ -7,9 +7,11 @@
 Each detector's class evidence is put in units of its own decision threshold (1 = at the threshold):
 ``saliency`` class score / 3.5, ``max_margin`` log p / log 0.05. A rule maps a class's pair to one
 number; the model's fused score is the largest over its classes, a model is flagged when that reaches
-the rule's threshold. The shipped verdict ("or") flags at 1 on either. Rules that need a threshold
-derive it from the clean reference models only (the smallest step of 0.25 above every clean model's
-fused score), as the saliency threshold was. The benchmarked zoo is never read.
+the rule's threshold. "shipped" is the verdict of stop 24 (union of flags, larger model score with
+`max_margin`'s 1 − p); "or" the same flags ranked by the larger strength; "or+sum" adds the agreement that
+`auditor.verdict` adopted in stop 25 (bench/RESULTS.md §2c). Thresholds that are not fixed come from the
+clean reference models only (the smallest step of 0.25 above their fused scores; for the agreement,
+above their classes that neither detector flags alone). The benchmarked zoo is never read.
 """
 
 from __future__ import annotations
