@@ -210,6 +210,8 @@ DEV_DRAWS = (
     (9300, 2),   # hybrid-scale candidate, designed on the standard-size ResNet-18 pair of stop 22
     (9500, 3),   # draw 8 (stop 23, second try), two seed blocks, built and its adoption rule committed
     (9700, 1),   # before anything scored it: the first try's draw-7 figures were lost with its machine
+    (9900, 4),   # draw 9 (stop 27), two seed blocks, built before anything scored it: held out for the
+    (10100, 0),  # grating-shortcut candidate designed on draws 1–8
 )
 
 
@@ -230,7 +232,7 @@ def _dev_draw(base_seed: int, rotation: int) -> list[dict]:
 
 def dev_members() -> list[dict]:
     """*Development* models: the :data:`DEV_DRAWS` of trojaned models plus three shapes spurious-correlation
-    models, with seeds (6000–7807 and 9100–9807; 7000–7003 are also the seeds of the zoo's point-cloud members, another
+    models, with seeds (6000–7807 and 9100–10207; 7000–7003 are also the seeds of the zoo's point-cloud members, another
     domain), trigger parameters and architecture rotations that differ from the zoo's.
     Detector statistics are chosen on these (against the clean reference population), never on the
     members the benchmark scores; later draws are the held-out check for what earlier ones chose
