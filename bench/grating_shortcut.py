@@ -19,15 +19,13 @@ are then added to the detector's own held-out other-class inputs, and the best o
 
 bench/RESULTS.md §3 "Stop 27" has what a first look at 16 models showed: every model has a grating
 sink that outranks most SIG targets, and phase dependence separates on shapes but is reversed on
-digits. No design run followed. The benchmarked zoo is never read.
+digits. No design run followed. The subcommands come from ``bench/candidate_probe.py``. The
+benchmarked zoo is never read.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +34,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from auditor.detectors import _saliency_core as core  # noqa: E402
-from auditor.detectors import saliency as sal  # noqa: E402
-from auditor.detectors.base import RunContext  # noqa: E402
 from auditor.diffusion.readout import grating_bank  # noqa: E402
 from auditor.sampling import SAMPLER_KINDS, unrestricted_samples  # noqa: E402
-from auditor.target import ModelTarget  # noqa: E402
-from bench.calibrate_saliency import DIGITS_SPEC, digits_model, zoo_trojaned_models  # noqa: E402
-from bench.common import zoo_clean_models  # noqa: E402
-from bench.saliency_fusion import evaluate as evaluate_fusion  # noqa: E402
-from bench.saliency_fusion import in_seed_ranges, merged, relative  # noqa: E402
+from bench import candidate_probe  # noqa: E402
 
 AMPLITUDES = (0.1, 0.2, 0.3)
 SEARCH_INPUTS = 8
@@ -103,14 +95,7 @@ def grating_statistics(model, held: torch.Tensor, valid: torch.Tensor, amplitude
 
 def probe(module, spec) -> dict[str, list[float]]:
     """gflip/gmargin per class on the detector's own held-out inputs (seed 0)."""
-    target = ModelTarget.from_module(module, spec)
-    model, shape, k = target.model, target.spec.shape, target.num_classes
-    context = RunContext(seed=0)
-    held_pool, held_kind = unrestricted_samples(600, shape, context.generator("cpu", salt=2), SAMPLER_KINDS)
-    with torch.no_grad():
-        held_logits = core.batched_logits(model, held_pool)
-    idx, valid = core.pick_other_class_starts(torch.softmax(held_logits, 1), held_kind, 32)
-    held = held_pool[idx]
+    model, shape, k, context, held, valid = candidate_probe.detector_held_out(module, spec)
     search = unrestricted_samples(SEARCH_INPUTS, shape, context.generator("cpu", salt=27), SAMPLER_KINDS)[0]
     bank = additive_gratings(*shape)
     out = {}
@@ -130,101 +115,12 @@ def candidates(row: dict) -> dict[str, np.ndarray]:
     return out
 
 
-def run_probe(a) -> int:
-    torch.set_num_threads(a.threads)
-    models = []
-    if not a.no_clean:
-        models += [("clean", *digits_model(seed)[:2], DIGITS_SPEC, [], "") for seed in range(1, 9)]
-        models += [("clean", mid, module, spec, [], "")
-                   for mid, module, spec, _ in zoo_clean_models(a.zoo, ("image",))]
-    done = json.loads(a.out.read_text()) if a.out.exists() else {}
-    rows = models + [("dev", mid, module, spec, targets, attack)
-                     for mid, module, spec, targets, attack in zoo_trojaned_models(a.dev_zoo)
-                     if in_seed_ranges(mid, a.dev_seeds)]
-    wanted = [w for w in (a.ids or "").split(",") if w]
-    for part, mid, module, spec, targets, attack in rows:
-        if mid in done or (wanted and not any(w in mid for w in wanted)):
-            continue
-        started = time.monotonic()
-        module.requires_grad_(False)
-        done[mid] = {"part": part, "targets": targets, "attack": attack, **probe(module, spec),
-                     "seconds": round(time.monotonic() - started, 2)}
-        a.out.write_text(json.dumps(done))
-        print(f"{part} {mid}: {done[mid]['seconds']:.1f} s", flush=True)
-    return 0
-
-
-def run_evaluate(a) -> int:
-    probed = {}
-    for path in a.probes:
-        probed.update(json.loads(path.read_text()))
-    saved = merged([json.loads(p.read_text()) for p in a.saliency])
-    shipped = list(sal.FUSED_STATISTICS)
-
-    def relatives(row):
-        rel = {s: relative(row["classes"], s) for s in shipped}
-        rel.update({s: sal.relative_to_others(v) for s, v in candidates(probed[row["id"]]).items()})
-        return rel
-
-    clean = {row["id"]: relatives(row) for row in saved["clean"] if row["id"] in probed}
-    dev = [{"id": row["id"], "attack": row["attack"], "targets": row["targets"], "rel": relatives(row)}
-           for row in saved["dev"]
-           if row["id"] in probed and "attack" in row and in_seed_ranges(row["id"], a.seeds)]
-    print(f"{len(clean)} clean reference models, {len(dev)} dev trojaned models (seeds {a.seeds or 'all'})\n")
-    print("| statistics | dev AUROC | top class a target | clean LOO max → threshold | dev flagged | by attack |")
-    print("|---|---|---|---|---|---|")
-    new = [f"{kind}{amp}" for amp in AMPLITUDES for kind in ("gflip", "gmargin", "gphase")]
-    sets = [shipped] + [[s] for s in new] + [shipped + [s] for s in new]
-    if a.only:
-        sets = [shipped, shipped + a.only.split(",")]
-    for stats in sets:
-        r = evaluate_fusion(clean, dev, stats)
-        per = "; ".join(f"{att} {evaluate_fusion(clean, [d for d in dev if d['attack'] == att], stats)['auroc']:.2f}"
-                        for att in sorted({d["attack"] for d in dev}))
-        print(f"| {', '.join(stats)} | {r['auroc']:.3f} | {r['right']}/{r['n']} | {r['clean_max']:.2f} → "
-              f"{r['threshold']:.1f} | {r['flagged']} | {per} |")
-    return 0
-
-
-def run_show(a) -> int:
-    """Per probed model and statistic: the class that stands out most (relative to the model's other
-    classes), its value, and the true target's value."""
-    probed = {}
-    for path in a.probes:
-        probed.update(json.loads(path.read_text()))
-    for mid, row in probed.items():
-        cells = []
-        for name, values in candidates(row).items():
-            rel = sal.relative_to_others(values)
-            top = int(np.argmax(rel))
-            target = f", target {rel[row['targets'][0]]:.2f}" if row["targets"] else ""
-            cells.append(f"{name} top {top} {rel[top]:.2f}{target}")
-        print(f"{row['part']} {mid} {row['targets']}: " + "; ".join(cells))
-    return 0
+#: the candidate statistics, in the order ``evaluate`` lists them
+NEW = [f"{kind}{amp}" for amp in AMPLITUDES for kind in ("gflip", "gmargin", "gphase")]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("probe", help="measure gflip and gmargin per class (resumable)")
-    p.add_argument("--zoo", type=Path, default=Path("bench/zoo/reference"))
-    p.add_argument("--dev-zoo", type=Path, default=Path("bench/zoo/dev"))
-    p.add_argument("--dev-seeds", default=None, metavar="A-B[,C-D]")
-    p.add_argument("--no-clean", action="store_true", help="skip the clean reference models")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--ids", default=None, help="only models whose id contains one of these comma-separated strings")
-    p.add_argument("--out", type=Path, required=True)
-    e = sub.add_parser("evaluate", help="fuse the candidates with the shipped statistics")
-    e.add_argument("probes", type=Path, nargs="+")
-    e.add_argument("--saliency", type=Path, nargs="+",
-                   default=[Path("bench/_cache/saliency_calibration_a.json"),
-                            Path("bench/_cache/saliency_calibration_b.json")])
-    e.add_argument("--seeds", default=None, metavar="A-B[,C-D]")
-    e.add_argument("--only", default=None, help="comma-separated candidates to add to the shipped four")
-    w = sub.add_parser("show", help="per model: the class each statistic singles out, and the target's value")
-    w.add_argument("probes", type=Path, nargs="+")
-    a = ap.parse_args(argv)
-    return {"probe": run_probe, "evaluate": run_evaluate, "show": run_show}[a.command](a)
+    return candidate_probe.main(argv, __doc__, probe, candidates, NEW)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,13 @@ sample streams: at r = 0.5 it reproduces ``shortcut_margin_logits``), and P(r), 
 separate perturbation per input reaches in the same ball on the same inputs. Candidates: U / P (scale-free)
 and (U − P) / median |P|, each fused with the shipped statistics through ``bench/saliency_fusion.evaluate``
 (all statistics calibrated on the clean reference models, leave-one-out). bench/RESULTS.md §3 "Stop 26"
-holds the rule and the result (not integrated). The benchmarked zoo is never read.
+holds the rule and the result (not integrated). The subcommands (and ``show``) come from
+``bench/candidate_probe.py``. The benchmarked zoo is never read.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +27,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from auditor.detectors import _saliency_core as core  # noqa: E402
-from auditor.detectors import saliency as sal  # noqa: E402
-from auditor.detectors.base import RunContext  # noqa: E402
 from auditor.sampling import SAMPLER_KINDS, unrestricted_samples  # noqa: E402
-from auditor.target import ModelTarget  # noqa: E402
-from bench.calibrate_saliency import DIGITS_SPEC, digits_model, zoo_trojaned_models  # noqa: E402
-from bench.common import zoo_clean_models  # noqa: E402
-from bench.saliency_fusion import evaluate as evaluate_fusion  # noqa: E402
-from bench.saliency_fusion import in_seed_ranges, merged, relative  # noqa: E402
+from bench import candidate_probe  # noqa: E402
 
 RADII = (0.5, 0.2)
 STEPS = 20
@@ -69,14 +61,7 @@ def per_input_margins(model, held: torch.Tensor, valid: torch.Tensor, radius: fl
 
 def probe(module, spec) -> dict[str, list[float]]:
     """U(r) and P(r) per class, on the detector's own held-out inputs and shortcut sample stream (seed 0)."""
-    target = ModelTarget.from_module(module, spec)
-    model, shape, k = target.model, target.spec.shape, target.num_classes
-    context = RunContext(seed=0)
-    held_pool, held_kind = unrestricted_samples(600, shape, context.generator("cpu", salt=2), SAMPLER_KINDS)
-    with torch.no_grad():
-        held_logits = core.batched_logits(model, held_pool)
-    idx, valid = core.pick_other_class_starts(torch.softmax(held_logits, 1), held_kind, 32)
-    held = held_pool[idx]
+    model, shape, k, context, held, valid = candidate_probe.detector_held_out(module, spec)
     out = {}
     for r in RADII:
         stream = context.generator("cpu", salt=5)
@@ -99,76 +84,12 @@ def candidates(row: dict) -> dict[str, np.ndarray]:
     return out
 
 
-def run_probe(a) -> int:
-    torch.set_num_threads(a.threads)
-    models = []
-    if not a.no_clean:
-        models += [("clean", *digits_model(seed)[:2], DIGITS_SPEC, [], "") for seed in range(1, 9)]
-        models += [("clean", mid, module, spec, [], "")
-                   for mid, module, spec, _ in zoo_clean_models(a.zoo, ("image",))]
-    done = json.loads(a.out.read_text()) if a.out.exists() else {}
-    rows = models + [("dev", mid, module, spec, targets, attack)
-                     for mid, module, spec, targets, attack in zoo_trojaned_models(a.dev_zoo)
-                     if in_seed_ranges(mid, a.dev_seeds)]
-    for part, mid, module, spec, targets, attack in rows:
-        if mid in done:
-            continue
-        started = time.monotonic()
-        module.requires_grad_(False)
-        done[mid] = {"part": part, "targets": targets, "attack": attack, **probe(module, spec),
-                     "seconds": round(time.monotonic() - started, 2)}
-        a.out.write_text(json.dumps(done))
-        print(f"{part} {mid}: {done[mid]['seconds']:.1f} s", flush=True)
-    return 0
-
-
-def run_evaluate(a) -> int:
-    probed = {}
-    for path in a.probes:
-        probed.update(json.loads(path.read_text()))
-    saved = merged([json.loads(p.read_text()) for p in a.saliency])
-    shipped = list(sal.FUSED_STATISTICS)
-
-    def relatives(row):
-        rel = {s: relative(row["classes"], s) for s in shipped}
-        rel.update({s: sal.relative_to_others(v) for s, v in candidates(probed[row["id"]]).items()})
-        return rel
-
-    clean = {row["id"]: relatives(row) for row in saved["clean"] if row["id"] in probed}
-    dev = [{"id": row["id"], "attack": row["attack"], "targets": row["targets"], "rel": relatives(row)}
-           for row in saved["dev"]
-           if row["id"] in probed and "attack" in row and in_seed_ranges(row["id"], a.seeds)]
-    print(f"{len(clean)} clean reference models, {len(dev)} dev trojaned models (seeds {a.seeds or 'all'})\n")
-    print("| statistics | dev AUROC | top class a target | clean LOO max → threshold | dev flagged | by attack |")
-    print("|---|---|---|---|---|---|")
-    new = [f"{kind}{r}" for r in RADII for kind in ("univ", "gap", "U")]
-    for stats in [shipped] + [[s] for s in new] + [shipped + [s] for s in new]:
-        r = evaluate_fusion(clean, dev, stats)
-        per = "; ".join(f"{att} {evaluate_fusion(clean, [d for d in dev if d['attack'] == att], stats)['auroc']:.2f}"
-                        for att in sorted({d["attack"] for d in dev}))
-        print(f"| {', '.join(stats)} | {r['auroc']:.3f} | {r['right']}/{r['n']} | {r['clean_max']:.2f} → "
-              f"{r['threshold']:.1f} | {r['flagged']} | {per} |")
-    return 0
+#: the candidate statistics, in the order ``evaluate`` lists them
+NEW = [f"{kind}{r}" for r in RADII for kind in ("univ", "gap", "U")]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("probe", help="measure U and P per class (resumable)")
-    p.add_argument("--zoo", type=Path, default=Path("bench/zoo/reference"))
-    p.add_argument("--dev-zoo", type=Path, default=Path("bench/zoo/dev"))
-    p.add_argument("--dev-seeds", default=None, metavar="A-B[,C-D]")
-    p.add_argument("--no-clean", action="store_true", help="skip the clean reference models")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, required=True)
-    e = sub.add_parser("evaluate", help="fuse the candidates with the shipped statistics")
-    e.add_argument("probes", type=Path, nargs="+")
-    e.add_argument("--saliency", type=Path, nargs="+",
-                   default=[Path("bench/_cache/saliency_calibration_a.json"),
-                            Path("bench/_cache/saliency_calibration_b.json")])
-    e.add_argument("--seeds", default=None, metavar="A-B[,C-D]")
-    a = ap.parse_args(argv)
-    return run_probe(a) if a.command == "probe" else run_evaluate(a)
+    return candidate_probe.main(argv, __doc__, probe, candidates, NEW)
 
 
 if __name__ == "__main__":
