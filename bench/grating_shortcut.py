@@ -94,7 +94,7 @@ def grating_statistics(model, held: torch.Tensor, valid: torch.Tensor, amplitude
 
 
 def probe(module, spec) -> dict[str, list[float]]:
-    """gflip/gmargin per class on the detector's own held-out inputs (seed 0)."""
+    """gflip, gmargin and gphase per class, on the detector's own held-out inputs (seed 0)."""
     model, shape, k, context, held, valid = candidate_probe.detector_held_out(module, spec)
     search = unrestricted_samples(SEARCH_INPUTS, shape, context.generator("cpu", salt=27), SAMPLER_KINDS)[0]
     bank = additive_gratings(*shape)
