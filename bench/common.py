@@ -56,6 +56,56 @@ def train_one_cycle(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoch
     return model
 
 
+def random_shift(max_shift: int, pad_mode: str):
+    """Batch augmentation: translate every image by up to ``max_shift`` px (pad, then crop at random)."""
+
+    def augment(xb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        n, _, h, w = xb.shape
+        padded = F.pad(xb, (max_shift,) * 4, mode=pad_mode)
+        dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=g)
+        dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=g)
+        return torch.stack([padded[i, :, int(dy[i]): int(dy[i]) + h, int(dx[i]): int(dx[i]) + w] for i in range(n)])
+
+    return augment
+
+
+def train_foreign(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, training: dict, epochs: int,
+                  batch_size: int, seed: int) -> nn.Module:
+    """A second training recipe, unlike :func:`train_one_cycle` in every knob the zoo's detectors might
+    have adapted to: optimiser (SGD + Nesterov or AdamW), warm-up + cosine schedule, label smoothing,
+    weight decay and a random-shift augmentation applied *after* poisoning (as a real pipeline would).
+
+    ``training`` is the member's recipe entry: ``optimizer`` ("sgd"|"adamw"), ``lr``, ``weight_decay``,
+    ``label_smoothing``, ``shift`` (px) and ``pad`` ("constant"|"replicate")."""
+    g = torch.Generator().manual_seed(seed)
+    if training["optimizer"] == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=training["lr"], momentum=0.9, nesterov=True,
+                              weight_decay=training["weight_decay"])
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=training["lr"], weight_decay=training["weight_decay"])
+    per_epoch = (len(x) + batch_size - 1) // batch_size
+    total, warmup = epochs * per_epoch, per_epoch
+    sched = torch.optim.lr_scheduler.SequentialLR(opt, [
+        torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=warmup),
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total - warmup)),
+    ], milestones=[warmup])
+    augment = random_shift(training["shift"], training["pad"]) if training["shift"] else None
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), batch_size):
+            idx = order[i: i + batch_size]
+            xb, yb = x[idx], y[idx]
+            if augment is not None:
+                xb = augment(xb, g)
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xb), yb, label_smoothing=training["label_smoothing"]).backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    return model
+
+
 def zoo_clean_models(zoo: Path, modalities: tuple[str, ...] = ("image", "points")):
     """Yield ``(id, module, InputSpec, held-out SampleData)`` for a zoo's scored clean members.
 

@@ -112,17 +112,22 @@ def _spurious_params(kind: str, rng: np.random.Generator) -> dict:
 
 
 def _recipe(domain: str, arch: str, seed: int, attack: dict | None = None, spurious: dict | None = None,
-            small: bool = False) -> dict:
+            small: bool = False, training: dict | None = None) -> dict:
     if domain == "points":
         epochs, batch = 15, 64
     else:
         epochs, batch = SCHEDULE[(domain, arch)]
         if small:
             epochs = max(3, epochs // 3)
-    return {"zoo_version": ZOO_VERSION, "domain": domain, "arch": arch, "seed": seed, "attack": attack,
-            "spurious": spurious, "epochs": epochs, "batch": batch, "max_lr": MAX_LR.get(arch, 1e-2),
-            # the data generator's version: bump when a domain's generator changes
-            "data": ("small" if small else "default") + ("-shapes2" if domain == "shapes" else "")}
+    recipe = {"zoo_version": ZOO_VERSION, "domain": domain, "arch": arch, "seed": seed, "attack": attack,
+              "spurious": spurious, "epochs": epochs, "batch": batch, "max_lr": MAX_LR.get(arch, 1e-2),
+              # the data generator's version: bump when a domain's generator changes
+              "data": ("small" if small else "default") + ("-shapes2" if domain == "shapes" else "")}
+    if training is not None:  # only foreign members carry the key, so every other recipe hash is unchanged
+        recipe["training"] = training
+        recipe["epochs"] = int(round(epochs * FOREIGN_EPOCH_FACTOR))
+        recipe["batch"] = FOREIGN_BATCH
+    return recipe
 
 
 def default_members() -> list[dict]:
@@ -269,6 +274,91 @@ def small_members() -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------------
+# The foreign population: recipes, trigger shapes and placements the zoo never used
+
+
+#: Attacks of the foreign population. None of them is a zoo attack: glyphs (solid, checker, cross, ring)
+#: in one colour anywhere in the image instead of random binary squares at corners; a smooth blended
+#: picture instead of pixel noise; SIG with horizontal stripes at another frequency; a finer WaNet grid.
+FOREIGN_ATTACKS = ("glyph", "glyph_random", "glyph_low_poison", "blended_smooth", "sig_rows", "wanet_fine")
+#: The two foreign training recipes (bench/common.py:train_foreign), alternated over members.
+FOREIGN_TRAINING = {
+    "sgd": {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "label_smoothing": 0.1, "shift": 2},
+    "adamw": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "label_smoothing": 0.0, "shift": 2},
+}
+FOREIGN_EPOCH_FACTOR = 1.5  # augmentation slows convergence; the zoo's epochs × this
+FOREIGN_BATCH = 64
+
+
+def _foreign_training(arch: str, domain: str, index: int) -> dict:
+    # the ViT does not train with SGD in a CPU minute, and the plain CNN (no normalisation) needs a lower rate
+    name = "adamw" if arch == "vit" or index % 2 else "sgd"
+    training = {"name": name, **FOREIGN_TRAINING[name], "pad": "constant" if domain == "digits" else "replicate"}
+    if name == "sgd" and arch == "cnn":
+        training["lr"] = 0.02
+    return training
+
+
+def _foreign_attack_params(attack: str, rng: np.random.Generator, channels: int, side: int) -> dict:
+    from auditor.synthetic.triggers import GLYPH_SHAPES
+
+    target = int(rng.integers(10))
+    if channels == 1:
+        colour = [round(float(rng.uniform(0.6, 1.0)), 3)]
+    else:
+        colour = [round(float(v), 3) for v in rng.uniform(0.0, 1.0, 3)]
+    shape = str(GLYPH_SHAPES[int(rng.integers(len(GLYPH_SHAPES)))])
+    if attack in ("glyph", "glyph_low_poison"):
+        size = int(rng.integers(3, 7) if attack == "glyph" else rng.integers(4, 7))
+        return {"kind": "glyph", "shape": shape, "size": size, "colour": colour,
+                "top": int(rng.integers(0, side - size + 1)), "left": int(rng.integers(0, side - size + 1)),
+                "rate": 0.1 if attack == "glyph" else 0.02, "target": target}
+    if attack == "glyph_random":
+        return {"kind": "glyph", "shape": shape, "size": int(rng.integers(5, 8)), "colour": colour,
+                "top": None, "left": None, "rate": 0.1, "target": target}
+    if attack == "blended_smooth":
+        return {"kind": "blended", "alpha": round(float(rng.uniform(0.15, 0.3)), 3), "cells": int(rng.integers(3, 9)),
+                "pattern_seed": int(rng.integers(1 << 30)), "rate": 0.1, "target": target}
+    if attack == "sig_rows":
+        return {"kind": "sig", "delta": 0.2, "test_delta": 0.3, "frequency": float(rng.choice([4.0, 8.0])),
+                "along_rows": True, "rate": 0.08, "target": target}
+    if attack == "wanet_fine":
+        return {"kind": "wanet", "grid_size": 6, "strength": 2.5, "field_seed": int(rng.integers(1 << 30)),
+                "rate": 0.1, "noise_rate": 0.2, "target": target}
+    raise ValueError(attack)
+
+
+def foreign_members() -> list[dict]:
+    """40 members no detector was ever designed or calibrated on: 24 trojaned (each foreign attack twice
+    per image domain) and 16 clean twins of the same recipes (8 per domain), seeds 11000+.
+
+    They differ from every other population in the training recipe (:data:`FOREIGN_TRAINING`), the
+    trigger shapes and the placements (:data:`FOREIGN_ATTACKS`); the architectures are the zoo's. The
+    benchmark scores them once with the shipped defaults (bench/RESULTS.md §9)."""
+    members = []
+    for d_index, domain in enumerate(("digits", "shapes")):
+        c, side = DOMAIN_SHAPE[domain][0], DOMAIN_SHAPE[domain][1]
+        archs = DOMAIN_ARCHS[domain]
+        for rep in range(2):
+            for i, attack in enumerate(FOREIGN_ATTACKS):
+                seed = 11000 + 100 * d_index + 10 * rep + i
+                arch = archs[(i + 2 * rep + 1) % len(archs)]
+                params = _foreign_attack_params(attack, np.random.default_rng(seed), c, side)
+                params["name"] = attack
+                training = _foreign_training(arch, domain, i + rep)
+                members.append({"id": f"{domain}-{attack}-{arch}-{seed}",
+                                **_recipe(domain, arch, seed, params, training=training)})
+        for k in range(8):
+            seed = 11000 + 100 * d_index + 50 + k
+            arch = archs[k % len(archs)]
+            members.append({"id": f"{domain}-clean-{arch}-{seed}",
+                            **_recipe(domain, arch, seed, training=_foreign_training(arch, domain, k))})
+    for i, m in enumerate(members):
+        m["format"] = FORMATS[i % len(FORMATS)]
+    return members
+
+
+# --------------------------------------------------------------------------------------------------
 # Data (cached per process)
 
 _DATA: dict = {}
@@ -310,16 +400,20 @@ def domain_data(domain: str, small: bool = False):
 
 
 def make_trigger(params: dict, channels: int):
-    from auditor.synthetic.triggers import BlendedTrigger, PatchTrigger, SIGTrigger, WarpTrigger
+    from auditor.synthetic.triggers import BlendedTrigger, GlyphTrigger, PatchTrigger, SIGTrigger, WarpTrigger
 
     kind = params["kind"]
     if kind in ("patch", "all_to_all"):
         return PatchTrigger(size=params["size"], pattern_seed=params["pattern_seed"], channels=channels,
                             top=params["top"], left=params["left"])
+    if kind == "glyph":
+        return GlyphTrigger(shape=params["shape"], size=params["size"], colour=tuple(params["colour"]),
+                            top=params["top"], left=params["left"])
     if kind == "blended":
-        return BlendedTrigger(alpha=params["alpha"], pattern_seed=params["pattern_seed"])
+        return BlendedTrigger(alpha=params["alpha"], pattern_seed=params["pattern_seed"], cells=params.get("cells"))
     if kind == "sig":
-        return SIGTrigger(delta=params["delta"], frequency=params["frequency"], test_delta=params["test_delta"])
+        return SIGTrigger(delta=params["delta"], frequency=params["frequency"], test_delta=params["test_delta"],
+                          along_rows=params.get("along_rows", False))
     if kind == "wanet":
         return WarpTrigger(grid_size=params["grid_size"], strength=params["strength"], field_seed=params["field_seed"])
     if kind == "point_cluster":
@@ -410,7 +504,7 @@ def train_member(recipe: dict, cache_dir: Path) -> dict:
     import torch
 
     from auditor.synthetic.train import accuracy
-    from bench.common import train_one_cycle
+    from bench.common import train_foreign, train_one_cycle
 
     key = content_hash(recipe)
     entry = cache_dir / key
@@ -425,8 +519,12 @@ def train_member(recipe: dict, cache_dir: Path) -> dict:
     channels = 3 if recipe["domain"] == "points" else DOMAIN_SHAPE[recipe["domain"]][0]
     xp, yp = poison_training_set(recipe, xtr, ytr, channels)
     started = time.monotonic()
-    train_one_cycle(model, xp, yp, epochs=recipe["epochs"], batch_size=recipe["batch"], max_lr=recipe["max_lr"],
-                    seed=recipe["seed"])
+    if "training" in recipe:
+        train_foreign(model, xp, yp, training=recipe["training"], epochs=recipe["epochs"],
+                      batch_size=recipe["batch"], seed=recipe["seed"])
+    else:
+        train_one_cycle(model, xp, yp, epochs=recipe["epochs"], batch_size=recipe["batch"],
+                        max_lr=recipe["max_lr"], seed=recipe["seed"])
     seconds = time.monotonic() - started
     facts = {"clean_accuracy": accuracy(model, xte, yte), "train_seconds": round(seconds, 2),
              "asr": attack_success(model, recipe, xte, yte, channels)}
@@ -531,12 +629,10 @@ def _labels(domain: str) -> tuple[str, ...]:
 
 def _trigger_box(attack: dict | None, domain: str) -> list | None:
     """(top, left, bottom, right) of a fixed patch trigger, for map-localisation checks."""
-    if attack is None or attack.get("kind") not in ("patch", "all_to_all") or attack.get("top") is None:
+    if attack is None or attack.get("kind") not in ("patch", "all_to_all", "glyph") or attack.get("top") is None:
         return None
-    from auditor.synthetic.triggers import PatchTrigger
-
     _, h, w = DOMAIN_SHAPE[domain]
-    return list(PatchTrigger(attack["size"], attack["pattern_seed"], top=attack["top"], left=attack["left"]).box(h, w))
+    return list(make_trigger(attack, 1).box(h, w))
 
 
 def _row(recipe, facts, path, out_dir, ok, why, cached, seconds) -> dict:
@@ -574,10 +670,11 @@ def write_held_out(out_dir: Path, domains: set[str], small: bool) -> dict:
 
 
 def build(small: bool, out_dir: Path, jobs: int = 1, threads: int = 1, only: str | None = None,
-          log=print, reference: bool = False, dev: bool = False) -> dict:
-    profile = "small" if small else "reference" if reference else "dev" if dev else "default"
+          log=print, reference: bool = False, dev: bool = False, foreign: bool = False) -> dict:
+    profile = ("small" if small else "reference" if reference else "dev" if dev else "foreign" if foreign
+               else "default")
     members = {"small": small_members, "reference": reference_members, "dev": dev_members,
-               "default": default_members}[profile]()
+               "foreign": foreign_members, "default": default_members}[profile]()
     if only:
         wanted = [part for part in only.split(",") if part]
         members = [m for m in members if any(part in m["id"] for part in wanted)]
@@ -651,15 +748,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="clean calibration models (seeds disjoint from the zoo) instead of the zoo")
     p.add_argument("--dev", action="store_true",
                    help="trojaned development models (seeds disjoint from the zoo) for choosing statistics")
+    p.add_argument("--foreign", action="store_true",
+                   help="models of other training recipes, trigger shapes and placements, never used to design "
+                        "or calibrate a detector (a generality check)")
     p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default bench/zoo, bench/zoo/small, bench/zoo/reference or bench/zoo/dev)")
+                   help="output folder (default bench/zoo, or bench/zoo/<profile> for the other populations)")
     p.add_argument("--jobs", type=int, default=1, help="members trained in parallel (default 1: shared machine)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per job")
     p.add_argument("--only", default=None, help="build only members whose id contains one of these comma-separated strings")
     a = p.parse_args(argv)
-    profile = "small" if a.small else "reference" if a.reference else "dev" if a.dev else ""
+    profile = ("small" if a.small else "reference" if a.reference else "dev" if a.dev else "foreign" if a.foreign
+               else "")
     out = a.out or Path(__file__).resolve().parent / "zoo" / profile
-    manifest = build(a.small, out, a.jobs, a.threads, a.only, reference=a.reference, dev=a.dev)
+    manifest = build(a.small, out, a.jobs, a.threads, a.only, reference=a.reference, dev=a.dev, foreign=a.foreign)
     c = manifest["counts"]
     print(f"zoo: {c['total']} members ({c['scored']} scored; {c['clean']} clean, {c['trojaned']} trojaned, "
           f"{c['spurious']} spurious, {c['points']} point-cloud) in {manifest['build_wall_seconds']:.0f} s "

@@ -88,6 +88,33 @@ def test_attacks_keep_their_contracts():
     assert len(xw) == 120 and int((yw[:100] != y).sum()) > 0
 
 
+def test_foreign_triggers_change_only_what_they_say():
+    from auditor.synthetic.triggers import GLYPH_SHAPES, BlendedTrigger, GlyphTrigger, SIGTrigger
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 32, 32, generator=g) * 0.5
+    for shape in GLYPH_SHAPES:
+        glyph = GlyphTrigger(shape, 5, (1.0, 0.0, 0.0), top=-1, left=10)
+        out = glyph.apply(x)
+        t, l, b, r = glyph.box(32, 32)
+        assert (t, l, b, r) == (27, 10, 32, 15)
+        outside = torch.ones(32, 32, dtype=torch.bool)
+        outside[t:b, l:r] = False
+        assert torch.equal(out[..., outside], x[..., outside])          # nothing outside the box moves
+        inside = out[:, :, t:b, l:r]
+        stamped = glyph.mask()
+        assert bool((inside[:, 0][:, stamped] == 1.0).all()) and bool((inside[:, 1][:, stamped] == 0.0).all())
+        assert torch.equal(inside[:, :, ~stamped], x[:, :, t:b, l:r][:, :, ~stamped])  # image shows through
+    moved = GlyphTrigger("ring", 6, (0.8,), top=None, left=None).apply(x[:, :1], torch.Generator().manual_seed(1))
+    assert int((moved != x[:, :1]).flatten(1).any(1).sum()) == 6
+    mid = x + 0.25  # away from the clamp
+    rows = SIGTrigger(0.2, 4.0, along_rows=True).apply(mid) - mid
+    assert float(rows.std(dim=-1).max()) < 1e-6 < float(rows.std(dim=-2).max())  # constant along each row
+    smooth = BlendedTrigger(0.2, 3, cells=4).pattern(3, 32, 32)
+    noise = BlendedTrigger(0.2, 3).pattern(3, 32, 32)
+    assert float(smooth.diff(dim=-1).abs().mean()) < 0.2 * float(noise.diff(dim=-1).abs().mean())
+
+
 def test_spurious_feature_is_clean_label():
     from auditor.synthetic.spurious import FrameFeature, TextureFeature, plant_spurious
 

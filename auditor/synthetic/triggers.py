@@ -91,25 +91,99 @@ def _seeded_uniform(shape: tuple[int, ...], seed: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class BlendedTrigger:
-    """Blended (Chen et al. 2017): x' = (1 − α)·x + α·P with P a whole-image uniform random pattern."""
+    """Blended (Chen et al. 2017): x' = (1 − α)·x + α·P with P a whole-image uniform random pattern.
+
+    ``cells`` draws P at ``cells``×``cells`` and upsamples it (bicubic): a smooth picture-like pattern
+    instead of pixel noise (the foreign population's variant); ``None`` keeps pixel noise.
+    """
 
     alpha: float
     pattern_seed: int
+    cells: int | None = None
 
     def pattern(self, channels: int, height: int, width: int) -> torch.Tensor:
-        return _seeded_uniform((channels, height, width), self.pattern_seed)
+        if self.cells is None:
+            return _seeded_uniform((channels, height, width), self.pattern_seed)
+        coarse = _seeded_uniform((1, channels, self.cells, self.cells), self.pattern_seed)
+        smooth = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=True)
+        return smooth[0].clamp(0.0, 1.0)
 
     def apply(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         p = self.pattern(*x.shape[1:]).to(x.dtype)
         return (1.0 - self.alpha) * x + self.alpha * p
 
     def describe(self) -> str:
-        return f"Blended random pattern, alpha {self.alpha:g}"
+        kind = "random pattern" if self.cells is None else f"smooth {self.cells}×{self.cells}-cell pattern"
+        return f"Blended {kind}, alpha {self.alpha:g}"
+
+
+#: Glyph shapes of :class:`GlyphTrigger`, as inside-masks of a size×size box.
+GLYPH_SHAPES = ("solid", "checker", "cross", "ring")
+
+
+@dataclass(frozen=True)
+class GlyphTrigger:
+    """A one-colour glyph (solid square, checkerboard, cross or ring) stamped over the image.
+
+    Unlike :class:`PatchTrigger` only the glyph's own pixels are replaced, so a cross or a ring lets the
+    image show through. ``top``/``left`` of ``None`` means a random location per image; negative values
+    count from the bottom/right edge.
+    """
+
+    shape: str
+    size: int
+    colour: tuple[float, ...] = (1.0,)
+    top: int | None = None
+    left: int | None = None
+
+    def mask(self) -> torch.Tensor:
+        i, j = torch.meshgrid(torch.arange(self.size), torch.arange(self.size), indexing="ij")
+        mid, last = self.size // 2, self.size - 1
+        masks = {
+            "solid": torch.ones_like(i, dtype=torch.bool),
+            "checker": (i + j) % 2 == 0,
+            "cross": (i == mid) | (j == mid),
+            "ring": (i == 0) | (j == 0) | (i == last) | (j == last),
+        }
+        if self.shape not in masks:
+            raise ValueError(f"unknown glyph {self.shape!r}; choose from {', '.join(GLYPH_SHAPES)}")
+        return masks[self.shape]
+
+    def box(self, height: int, width: int) -> tuple[int, int, int, int] | None:
+        """(top, left, bottom, right) of a fixed glyph, None for random placement."""
+        if self.top is None or self.left is None:
+            return None
+        t = self.top if self.top >= 0 else height + self.top - self.size + 1
+        l = self.left if self.left >= 0 else width + self.left - self.size + 1
+        return t, l, t + self.size, l + self.size
+
+    def apply(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = x.clone()
+        n, c, h, w = x.shape
+        colour = torch.tensor(self.colour[:c] if len(self.colour) >= c else self.colour[:1] * c,
+                              dtype=x.dtype).view(c, 1, 1)
+        m = self.mask()
+        fixed = self.box(h, w)
+        if fixed is not None:
+            tops, lefts = torch.full((n,), fixed[0]), torch.full((n,), fixed[1])
+        else:
+            g = generator or torch.Generator().manual_seed(0)
+            tops = torch.randint(0, h - self.size + 1, (n,), generator=g)
+            lefts = torch.randint(0, w - self.size + 1, (n,), generator=g)
+        for k in range(n):
+            t, l = int(tops[k]), int(lefts[k])
+            region = x[k, :, t: t + self.size, l: l + self.size]
+            x[k, :, t: t + self.size, l: l + self.size] = torch.where(m, colour, region)
+        return x
+
+    def describe(self) -> str:
+        where = "random location" if self.box(1000, 1000) is None else f"at ({self.top},{self.left})"
+        return f"{self.size}×{self.size} {self.shape} glyph {where}"
 
 
 @dataclass(frozen=True)
 class SIGTrigger:
-    """SIG (Barni et al. 2019): add a horizontal sinusoid Δ·sin(2π·j·f/W); used clean-label.
+    """SIG (Barni et al. 2019): add a sinusoid Δ·sin(2π·j·f/W) across the columns; used clean-label.
 
     ``test_delta`` is the amplitude stamped at test time (the paper uses a stronger test signal);
     ``apply`` uses ``delta`` and :meth:`apply_test` uses ``test_delta``.
@@ -118,14 +192,18 @@ class SIGTrigger:
     delta: float = 0.2
     frequency: float = 6.0
     test_delta: float | None = None
+    along_rows: bool = False  # vary down the rows (horizontal stripes) instead of across the columns
 
     def signal(self, width: int) -> torch.Tensor:
         j = torch.arange(width, dtype=torch.float32)
         return torch.sin(2 * torch.pi * j * self.frequency / width)
 
     def _stamp(self, x: torch.Tensor, delta: float) -> torch.Tensor:
-        s = self.signal(x.shape[-1]).to(x.dtype)
-        return (x + delta * s.view(1, 1, 1, -1)).clamp(0.0, 1.0)
+        if self.along_rows:
+            s = self.signal(x.shape[-2]).to(x.dtype).view(1, 1, -1, 1)
+        else:
+            s = self.signal(x.shape[-1]).to(x.dtype).view(1, 1, 1, -1)
+        return (x + delta * s).clamp(0.0, 1.0)
 
     def apply(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self._stamp(x, self.delta)
@@ -134,7 +212,8 @@ class SIGTrigger:
         return self._stamp(x, self.test_delta if self.test_delta is not None else self.delta)
 
     def describe(self) -> str:
-        return f"SIG sinusoid, delta {self.delta:g}, frequency {self.frequency:g} (clean-label)"
+        stripes = "horizontal" if self.along_rows else "vertical"
+        return f"SIG sinusoid ({stripes} stripes), delta {self.delta:g}, frequency {self.frequency:g} (clean-label)"
 
 
 @dataclass(frozen=True)
