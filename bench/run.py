@@ -515,7 +515,9 @@ def render(section: str, manifest: dict, members: list[dict], rows: dict, names:
         f"- Extra scan arguments: `{' '.join(extra) if extra else 'none (detector defaults)'}`.",
         "- Per attack: that attack's trojaned models against all clean models of the same modality (image or "
         "points). `fused` = the CLI's fused verdict over the detectors of this run.",
-        f"- Reproduce: `python bench/run.py --detectors {','.join(names)} --section {section}"
+        f"- Reproduce: `python bench/run.py"
+        + (f" --zoo bench/zoo/{manifest['profile']}" if manifest["profile"] != "default" else "")
+        + f" --detectors {','.join(names)} --section {section}"
         + "".join(f" --cli-arg={e}" for e in (extra or [])) + "`.",
         "",
     ]
@@ -682,8 +684,9 @@ def main(argv: list[str] | None = None) -> int:
         print(body)
     else:
         write_results(section, body, a.results)
-        if manifest["profile"] == "default":
-            write_results("zoo", zoo_section(manifest), a.results)
+        if manifest["profile"] in ("default", "foreign"):  # the scored populations' member tables
+            write_results("zoo" if manifest["profile"] == "default" else f"zoo-{manifest['profile']}",
+                          zoo_section(manifest), a.results)
         print(f"wrote {a.results} (section {section}) and {roc_file}")
     for s in scorers:
         o = metrics[s].get("overall", {})

@@ -125,7 +125,7 @@ def _recipe(domain: str, arch: str, seed: int, attack: dict | None = None, spuri
               "data": ("small" if small else "default") + ("-shapes2" if domain == "shapes" else "")}
     if training is not None:  # only foreign members carry the key, so every other recipe hash is unchanged
         recipe["training"] = training
-        recipe["epochs"] = int(round(epochs * FOREIGN_EPOCH_FACTOR))
+        recipe["epochs"] = int(round(epochs * FOREIGN_EPOCH_FACTOR[domain]))
         recipe["batch"] = FOREIGN_BATCH
     return recipe
 
@@ -284,15 +284,19 @@ FOREIGN_ATTACKS = ("glyph", "glyph_random", "glyph_low_poison", "blended_smooth"
 #: The two foreign training recipes (bench/common.py:train_foreign), alternated over members.
 FOREIGN_TRAINING = {
     "sgd": {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "label_smoothing": 0.1, "shift": 2},
-    "adamw": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "label_smoothing": 0.0, "shift": 2},
+    "adamw": {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.01, "label_smoothing": 0.0, "shift": 2},
 }
-FOREIGN_EPOCH_FACTOR = 1.5  # augmentation slows convergence; the zoo's epochs × this
+#: Augmentation slows convergence: the zoo's epochs × this. The first build (AdamW at 1e-3 with weight
+#: decay 0.05, 1.5× epochs on both domains, glyph poison rates 0.1 / 0.02, MobileNets on either
+#: optimiser) left 24 of 40 members below the quality bar, so these were raised before anything scored them.
+FOREIGN_EPOCH_FACTOR = {"digits": 1.5, "shapes": 2.0}
 FOREIGN_BATCH = 64
 
 
 def _foreign_training(arch: str, domain: str, index: int) -> dict:
-    # the ViT does not train with SGD in a CPU minute, and the plain CNN (no normalisation) needs a lower rate
-    name = "adamw" if arch == "vit" or index % 2 else "sgd"
+    # the ViT does not train with SGD in a CPU minute nor the MobileNet with AdamW (first build), and the
+    # plain CNN (no normalisation) needs a lower rate
+    name = "adamw" if arch == "vit" or (index % 2 and arch != "mobilenet") else "sgd"
     training = {"name": name, **FOREIGN_TRAINING[name], "pad": "constant" if domain == "digits" else "replicate"}
     if name == "sgd" and arch == "cnn":
         training["lr"] = 0.02
@@ -312,10 +316,10 @@ def _foreign_attack_params(attack: str, rng: np.random.Generator, channels: int,
         size = int(rng.integers(3, 7) if attack == "glyph" else rng.integers(4, 7))
         return {"kind": "glyph", "shape": shape, "size": size, "colour": colour,
                 "top": int(rng.integers(0, side - size + 1)), "left": int(rng.integers(0, side - size + 1)),
-                "rate": 0.1 if attack == "glyph" else 0.02, "target": target}
+                "rate": 0.15 if attack == "glyph" else 0.04, "target": target}
     if attack == "glyph_random":
         return {"kind": "glyph", "shape": shape, "size": int(rng.integers(5, 8)), "colour": colour,
-                "top": None, "left": None, "rate": 0.1, "target": target}
+                "top": None, "left": None, "rate": 0.15, "target": target}
     if attack == "blended_smooth":
         return {"kind": "blended", "alpha": round(float(rng.uniform(0.15, 0.3)), 3), "cells": int(rng.integers(3, 9)),
                 "pattern_seed": int(rng.integers(1 << 30)), "rate": 0.1, "target": target}
