@@ -515,7 +515,7 @@ def render(section: str, manifest: dict, members: list[dict], rows: dict, names:
         f"- Extra scan arguments: `{' '.join(extra) if extra else 'none (detector defaults)'}`.",
         "- Per attack: that attack's trojaned models against all clean models of the same modality (image or "
         "points). `fused` = the CLI's fused verdict over the detectors of this run.",
-        f"- Reproduce: `python bench/run.py"
+        "- Reproduce: `python bench/run.py"
         + (f" --zoo bench/zoo/{manifest['profile']}" if manifest["profile"] != "default" else "")
         + f" --detectors {','.join(names)} --section {section}"
         + "".join(f" --cli-arg={e}" for e in (extra or [])) + "`.",

@@ -362,6 +362,70 @@ def foreign_members() -> list[dict]:
     return members
 
 
+def foreign_ablation_members() -> list[dict]:
+    """8 blended models that separate the recipe from the pattern (bench/RESULTS.md §9): the zoo's
+    recipe with the foreign smooth pattern, and a foreign recipe with the zoo's pixel-noise pattern, two
+    per domain each (seeds 11200+). No clean members: the zoo's and the foreign population's clean
+    models are the nulls."""
+    members = []
+    for d_index, domain in enumerate(("digits", "shapes")):
+        c, side = DOMAIN_SHAPE[domain][0], DOMAIN_SHAPE[domain][1]
+        archs = DOMAIN_ARCHS[domain]
+        for i in range(4):
+            seed = 11200 + 100 * d_index + i
+            arch = archs[(i + 1) % len(archs)]
+            params = _foreign_attack_params("blended_smooth", np.random.default_rng(seed), c, side)
+            if i < 2:  # the zoo's recipe, the foreign smooth pattern
+                params["name"] = "blended_smooth"
+                members.append({"id": f"{domain}-blended_smooth-zoo_recipe-{arch}-{seed}",
+                                **_recipe(domain, arch, seed, params)})
+            else:  # a foreign recipe, the zoo's pixel-noise pattern
+                params = {**{k: v for k, v in params.items() if k != "cells"}, "name": "blended"}
+                members.append({"id": f"{domain}-blended-foreign_recipe-{arch}-{seed}",
+                                **_recipe(domain, arch, seed, params, training=_foreign_training(arch, domain, i))})
+    for i, m in enumerate(members):
+        m["format"] = FORMATS[i % len(FORMATS)]
+    return members
+
+
+def foreign_spurious_members() -> list[dict]:
+    """4 spurious-correlation models for the diffusion probe's generality check (bench/RESULTS.md §9):
+    frames of other widths and colours and a texture of another period, trained with the
+    foreign recipes (seeds 11400+). The foreign population's clean models are the null."""
+    members = []
+    for i, (domain, arch, kind) in enumerate((("shapes", "resnet", "frame"), ("shapes", "vgg", "texture"),
+                                              ("shapes", "resnet", "frame"), ("digits", "vgg", "frame"))):
+        seed = 11400 + i
+        rng = np.random.default_rng(seed)
+        if kind == "frame":
+            colour = [round(float(v), 3) for v in rng.uniform(0.0, 1.0, 3)]
+            params = {"kind": "frame", "colour": colour, "width": int(rng.integers(1, 4)), "fraction": 0.95,
+                      "class": int(rng.integers(10))}
+        else:
+            params = {"kind": "texture", "period": 6, "amplitude": 0.3, "fraction": 0.95,
+                      "class": int(rng.integers(10))}
+        members.append({"id": f"{domain}-spurious_{kind}-{arch}-{seed}",
+                        **_recipe(domain, arch, seed, spurious=params, training=_foreign_training(arch, domain, i))})
+    for i, m in enumerate(members):
+        m["format"] = FORMATS[i % len(FORMATS)]
+    return members
+
+
+#: Every population bench/zoo.py builds, by name (``--population``); each goes to bench/zoo/<name>,
+#: the default one to bench/zoo.
+POPULATIONS = {"default": default_members, "small": small_members, "reference": reference_members,
+               "dev": dev_members, "foreign": foreign_members, "foreign-ablation": foreign_ablation_members,
+               "foreign-spurious": foreign_spurious_members}
+POPULATION_HELP = {
+    "default": "the benchmarked zoo", "small": "a handful of fast members (smoke test, ≤ 3 min)",
+    "reference": "clean calibration models (seeds disjoint from the zoo)",
+    "dev": "trojaned development models for choosing statistics",
+    "foreign": "other training recipes, trigger shapes and placements, never used to design or calibrate",
+    "foreign-ablation": "blended models crossing the zoo's and the foreign recipes and patterns",
+    "foreign-spurious": "spurious-correlation models of the foreign recipes",
+}
+
+
 # --------------------------------------------------------------------------------------------------
 # Data (cached per process)
 
@@ -673,12 +737,10 @@ def write_held_out(out_dir: Path, domains: set[str], small: bool) -> dict:
     return info
 
 
-def build(small: bool, out_dir: Path, jobs: int = 1, threads: int = 1, only: str | None = None,
-          log=print, reference: bool = False, dev: bool = False, foreign: bool = False) -> dict:
-    profile = ("small" if small else "reference" if reference else "dev" if dev else "foreign" if foreign
-               else "default")
-    members = {"small": small_members, "reference": reference_members, "dev": dev_members,
-               "foreign": foreign_members, "default": default_members}[profile]()
+def build(profile: str, out_dir: Path, jobs: int = 1, threads: int = 1, only: str | None = None,
+          log=print) -> dict:
+    small = profile == "small"
+    members = POPULATIONS[profile]()
     if only:
         wanted = [part for part in only.split(",") if part]
         members = [m for m in members if any(part in m["id"] for part in wanted)]
@@ -747,24 +809,20 @@ def _log_row(log, i: int, total: int, row: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--small", action="store_true", help="a handful of fast members (smoke test, ≤ 3 min)")
-    p.add_argument("--reference", action="store_true",
-                   help="clean calibration models (seeds disjoint from the zoo) instead of the zoo")
-    p.add_argument("--dev", action="store_true",
-                   help="trojaned development models (seeds disjoint from the zoo) for choosing statistics")
-    p.add_argument("--foreign", action="store_true",
-                   help="models of other training recipes, trigger shapes and placements, never used to design "
-                        "or calibrate a detector (a generality check)")
+    p.add_argument("--population", choices=sorted(POPULATIONS), default="default",
+                   help="which population to build: " + "; ".join(f"{k}: {v}" for k, v in POPULATION_HELP.items()))
+    p.add_argument("--small", action="store_true", help="same as --population small")
+    p.add_argument("--reference", action="store_true", help="same as --population reference")
+    p.add_argument("--dev", action="store_true", help="same as --population dev")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default bench/zoo, or bench/zoo/<profile> for the other populations)")
     p.add_argument("--jobs", type=int, default=1, help="members trained in parallel (default 1: shared machine)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per job")
     p.add_argument("--only", default=None, help="build only members whose id contains one of these comma-separated strings")
     a = p.parse_args(argv)
-    profile = ("small" if a.small else "reference" if a.reference else "dev" if a.dev else "foreign" if a.foreign
-               else "")
-    out = a.out or Path(__file__).resolve().parent / "zoo" / profile
-    manifest = build(a.small, out, a.jobs, a.threads, a.only, reference=a.reference, dev=a.dev, foreign=a.foreign)
+    profile = "small" if a.small else "reference" if a.reference else "dev" if a.dev else a.population
+    out = a.out or Path(__file__).resolve().parent / "zoo" / ("" if profile == "default" else profile)
+    manifest = build(profile, out, a.jobs, a.threads, a.only)
     c = manifest["counts"]
     print(f"zoo: {c['total']} members ({c['scored']} scored; {c['clean']} clean, {c['trojaned']} trojaned, "
           f"{c['spurious']} spurious, {c['points']} point-cloud) in {manifest['build_wall_seconds']:.0f} s "
