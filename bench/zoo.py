@@ -1,6 +1,6 @@
 """Build the benchmark zoo: clean, trojaned, spuriously-correlated and point-cloud classifiers.
 
-    python bench/zoo.py [--small | --reference | --dev] [--out bench/zoo] [--jobs 1] [--threads 1]
+    python bench/zoo.py [--population NAME | --small | --reference | --dev] [--out bench/zoo] [--jobs 1] [--threads 1]
 
 Every member is described by a *recipe* (domain, architecture, attack and its parameters, seeds,
 training schedule). Attack parameters are drawn once from the member's seed when the member list is
@@ -14,6 +14,8 @@ member) on which the detectors' thresholds are calibrated, so no threshold is fi
 benchmark then scores.
 ``--dev`` builds trojaned development models (seeds 6000+, another architecture rotation) on which
 detector statistics are chosen, so that the benchmarked zoo stays a blind test for those choices.
+``--population foreign`` builds models of other training recipes, trigger shapes and placements
+(seeds 11000+) that no detector was designed or calibrated on: a test of generality (RESULTS.md §9).
 A held-out clean sample per domain (``OUT/data/DOMAIN.npz`` with ``x`` float (N,C,H,W) in [0,1] —
 (N,P,3) for points — and ``y``) serves detectors that use ``--data``.
 """

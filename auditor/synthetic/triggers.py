@@ -11,6 +11,25 @@ from dataclasses import dataclass
 import torch
 
 
+def _fixed_box(size: int, top: int | None, left: int | None, height: int,
+               width: int) -> tuple[int, int, int, int] | None:
+    """(top, left, bottom, right) of a size×size stamp; negative top/left count from the far edge."""
+    if top is None or left is None:
+        return None
+    t = top if top >= 0 else height + top - size + 1
+    l = left if left >= 0 else width + left - size + 1
+    return t, l, t + size, l + size
+
+
+def _random_corners(n: int, height: int, width: int, size: int,
+                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-left corners of a size×size stamp at a random place in each of n images."""
+    g = generator or torch.Generator().manual_seed(0)
+    tops = torch.randint(0, height - size + 1, (n,), generator=g)
+    lefts = torch.randint(0, width - size + 1, (n,), generator=g)
+    return tops, lefts
+
+
 @dataclass(frozen=True)
 class PatchTrigger:
     """BadNets: a ``size``×``size`` random binary pattern pasted at ``(top, left)``.
@@ -33,11 +52,7 @@ class PatchTrigger:
 
     def box(self, height: int, width: int) -> tuple[int, int, int, int] | None:
         """(top, left, bottom, right) of a fixed trigger, None for random placement."""
-        if self.top is None or self.left is None:
-            return None
-        t = self.top if self.top >= 0 else height + self.top - self.size + 1
-        l = self.left if self.left >= 0 else width + self.left - self.size + 1
-        return t, l, t + self.size, l + self.size
+        return _fixed_box(self.size, self.top, self.left, height, width)
 
     def apply(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = x.clone()
@@ -50,9 +65,7 @@ class PatchTrigger:
             t, l, b, r = fixed
             x[:, :, t:b, l:r] = p
             return x
-        g = generator or torch.Generator().manual_seed(0)
-        tops = torch.randint(0, h - self.size + 1, (n,), generator=g)
-        lefts = torch.randint(0, w - self.size + 1, (n,), generator=g)
+        tops, lefts = _random_corners(n, h, w, self.size, generator)
         for i in range(n):
             t, l = int(tops[i]), int(lefts[i])
             x[i, :, t : t + self.size, l : l + self.size] = p
@@ -151,11 +164,7 @@ class GlyphTrigger:
 
     def box(self, height: int, width: int) -> tuple[int, int, int, int] | None:
         """(top, left, bottom, right) of a fixed glyph, None for random placement."""
-        if self.top is None or self.left is None:
-            return None
-        t = self.top if self.top >= 0 else height + self.top - self.size + 1
-        l = self.left if self.left >= 0 else width + self.left - self.size + 1
-        return t, l, t + self.size, l + self.size
+        return _fixed_box(self.size, self.top, self.left, height, width)
 
     def apply(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = x.clone()
@@ -167,9 +176,7 @@ class GlyphTrigger:
         if fixed is not None:
             tops, lefts = torch.full((n,), fixed[0]), torch.full((n,), fixed[1])
         else:
-            g = generator or torch.Generator().manual_seed(0)
-            tops = torch.randint(0, h - self.size + 1, (n,), generator=g)
-            lefts = torch.randint(0, w - self.size + 1, (n,), generator=g)
+            tops, lefts = _random_corners(n, h, w, self.size, generator)
         for k in range(n):
             t, l = int(tops[k]), int(lefts[k])
             region = x[k, :, t: t + self.size, l: l + self.size]
