@@ -40,16 +40,22 @@ def train_one_cycle(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoch
     opt = torch.optim.AdamW(model.parameters(), lr=max_lr, weight_decay=weight_decay)
     steps = epochs * ((len(x) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=steps, pct_start=0.25)
+    return _fit(model, x, y, opt, sched, epochs=epochs, batch_size=batch_size, generator=g, augment=augment)
+
+
+def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt, sched, *, epochs: int, batch_size: int,
+         generator: torch.Generator, augment=None, label_smoothing: float = 0.0) -> nn.Module:
+    """The shared minibatch loop: seeded shuffles, optional batch augmentation, one scheduler step per batch."""
     model.train()
     for _ in range(epochs):
-        order = torch.randperm(len(x), generator=g)
+        order = torch.randperm(len(x), generator=generator)
         for i in range(0, len(x), batch_size):
             idx = order[i: i + batch_size]
             xb, yb = x[idx], y[idx]
             if augment is not None:
-                xb = augment(xb, g)
+                xb = augment(xb, generator)
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xb), yb).backward()
+            F.cross_entropy(model(xb), yb, label_smoothing=label_smoothing).backward()
             opt.step()
             sched.step()
     model.eval()
@@ -90,20 +96,8 @@ def train_foreign(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, trainin
         torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total - warmup)),
     ], milestones=[warmup])
     augment = random_shift(training["shift"], training["pad"]) if training["shift"] else None
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), batch_size):
-            idx = order[i: i + batch_size]
-            xb, yb = x[idx], y[idx]
-            if augment is not None:
-                xb = augment(xb, g)
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xb), yb, label_smoothing=training["label_smoothing"]).backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    return model
+    return _fit(model, x, y, opt, sched, epochs=epochs, batch_size=batch_size, generator=g, augment=augment,
+                label_smoothing=training["label_smoothing"])
 
 
 def zoo_clean_models(zoo: Path, modalities: tuple[str, ...] = ("image", "points")):
