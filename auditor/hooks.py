@@ -91,6 +91,34 @@ def replaced_output(model: nn.Module, name: str, value: Callable[[], torch.Tenso
         handle.remove()
 
 
+def channel_dim(activation: torch.Tensor) -> int:
+    """The channel dimension of an activation: 1 of (B, C, H, W) maps and (B, C) features, the last of
+    token sequences (B, T, D)."""
+    return activation.dim() - 1 if activation.dim() == 3 else 1
+
+
+@contextmanager
+def channels_set(model: nn.Module, name: str, channels: Sequence[int], block: int, value: float) -> Iterator[None]:
+    """While active, module ``name`` of ``model``, run on a batch of ``len(channels) × block`` inputs,
+    returns its output with channel ``channels[i]`` set to ``value`` everywhere in the i-th block of
+    ``block`` rows (one channel driven per block). The hook is removed on exit, also when the body raises."""
+    module = dict(model.named_modules())[name]
+
+    def hook(_module, _inputs, output):
+        out = output.clone()
+        dim = channel_dim(out)
+        blocks = out.view(len(channels), block, *out.shape[1:])
+        for i, c in enumerate(channels):
+            blocks[i].select(dim, int(c)).fill_(value)
+        return out
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 @dataclass(frozen=True)
 class _Call:
     name: str

@@ -25,7 +25,6 @@ benchmarked zoo is never read.
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -34,37 +33,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from auditor.detectors import _saliency_core as core  # noqa: E402
-from auditor.hooks import LayerRef, capture_activations, choose_layers  # noqa: E402
+from auditor.hooks import LayerRef, capture_activations, channel_dim, channels_set, choose_layers  # noqa: E402
 from bench import candidate_probe  # noqa: E402
 
 LEVELS = (1.0, 2.0, 4.0, 8.0)
 INPUTS_PER_CLASS = 2   # of the detector's 32 held-out inputs per class: K × 2 stimulated inputs
 CHUNK = 2048           # stimulated images per forward pass
 FLIP_COUNTED = 0.8
-
-
-def channel_dim(act: torch.Tensor) -> int:
-    """Channels are dim 1 of (B, C, H, W) and (B, C) maps, the last dim of token sequences (B, T, D)."""
-    return act.dim() - 1 if act.dim() == 3 else 1
-
-
-@contextmanager
-def channel_set(model: torch.nn.Module, layer: str, channels: torch.Tensor, n_inputs: int, value: float):
-    """While active, the output of ``layer`` on a batch of ``len(channels) × n_inputs`` images has, for
-    block i of ``n_inputs`` rows, channel ``channels[i]`` set to ``value`` everywhere (hook removed on exit)."""
-    def hook(_module, _inputs, output):
-        out = output.clone()
-        dim = channel_dim(out)
-        blocks = out.view(len(channels), n_inputs, *out.shape[1:])
-        for i, c in enumerate(channels.tolist()):
-            blocks[i].select(dim, c).fill_(value)
-        return out
-
-    handle = dict(model.named_modules())[layer].register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def stimulation_layers(model: torch.nn.Module, example: torch.Tensor) -> list[str]:
@@ -89,7 +64,7 @@ def stimulate(model, layer: str, x: torch.Tensor, k: int) -> np.ndarray:
             for start in range(0, n_channels, per_pass):
                 channels = torch.arange(start, min(n_channels, start + per_pass))
                 batch = x.repeat(len(channels), *([1] * (x.dim() - 1)))
-                with channel_set(model, layer, channels, len(x), level * scale):
+                with channels_set(model, layer, channels.tolist(), len(x), level * scale):
                     logits = model(batch)
                 out[li, start:start + len(channels)] = logits.view(len(channels), len(x), k).float().numpy()
     return out

@@ -12,6 +12,7 @@ import torch
 from auditor.detectors import saliency as sal
 from auditor.detectors._saliency_core import (
     WindowScan,
+    channel_stimulation,
     feature_dominance,
     hard_top_k,
     pick_other_class_starts,
@@ -21,7 +22,7 @@ from auditor.detectors._saliency_core import (
 )
 from auditor.detectors.base import RunContext, count_hooks, create
 from auditor.errors import OptionError
-from auditor.hooks import replaced_output
+from auditor.hooks import channels_set, replaced_output
 from auditor.sampling import SAMPLER_KINDS, unrestricted_samples
 
 # a lighter run for tests that check plumbing rather than detection quality
@@ -262,3 +263,32 @@ def test_feature_dominance_splits_at_a_stage_and_leaves_no_hooks(digits_twins):
     assert not any("feature_dominance" in c.metrics for c in off.classes)
     assert [c.score for c in on.classes] == [c.score for c in off.classes]
     assert count_hooks(model) == hooks
+
+
+def test_channels_set_drives_one_channel_per_block_and_always_cleans_up():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 1), torch.nn.Identity())
+    x = torch.zeros(2, 1, 4, 4)
+    with channels_set(model, "0", [2, 0], block=1, value=7.0):
+        out = model(x)
+    assert (out[0, 2] == 7.0).all() and (out[1, 0] == 7.0).all()
+    assert not (out[0, :2] == 7.0).any() and not (out[1, 1:] == 7.0).any()
+    with pytest.raises(RuntimeError), channels_set(model, "0", [0], block=2, value=1.0):
+        raise RuntimeError("body fails")
+    assert count_hooks(model) == 0
+
+
+def test_channel_stimulation_finds_the_class_one_channel_drives():
+    # a stage of 4 channels; only channel 1 has a strong path to class 2 in the head, the way a backdoor's
+    # trigger channel overrides the rest of the input
+    g = torch.Generator().manual_seed(0)
+    stage = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU())
+    head = torch.nn.Linear(4, 5)
+    with torch.no_grad():
+        for p in (*stage.parameters(), *head.parameters()):
+            p.copy_(0.3 * torch.randn(p.shape, generator=g))
+        head.weight[2, 1] = 5.0
+    model = torch.nn.Sequential(stage, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), head).eval()
+    x = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    margin = channel_stimulation(model, "0", x, 5, level=4.0, check=lambda: None)
+    assert margin.shape == (5,) and int(margin.argmax()) == 2 and margin[2] > 0
+    assert count_hooks(model) == 0

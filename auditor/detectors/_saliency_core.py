@@ -427,3 +427,44 @@ def feature_dominance(model: nn.Module, layer: str, example: torch.Tensor, k: in
     centred = logits - logits.quantile(0.5, dim=1, keepdim=True)
     rows = centred / centred.abs().mean(1, keepdim=True).clamp_min(1e-9)
     return ((rows.sum(0) - rows.diagonal()) / max(1, k - 1)).float()
+
+
+def channel_stimulation(model: nn.Module, layer: str, x: torch.Tensor, k: int, *, level: float,
+                        check: Check) -> torch.Tensor:
+    """Per class t, how hard one channel of ``layer``, driven high, sends inputs of other classes into t.
+
+    After ABS (Liu et al., CCS 2019, "artificial brain stimulation"), data-free: a backdoor is learnt as a
+    few inner channels that, once the trigger lights them, override the rest of the input, whatever the
+    trigger looks like in pixels. Every channel in turn is set to ``level`` × the layer's 99th-percentile
+    activation on ``x``, over its whole map; per class t the 20th percentile of the margin toward t over
+    the inputs the model puts outside t is taken, and the statistic is its largest value over channels.
+    Returns (K,) logit margins on the CPU; 0 for a class no input lies outside."""
+    from auditor.hooks import LayerRef, capture_activations, channel_dim, channels_set
+
+    with torch.no_grad():
+        with capture_activations(model, [LayerRef(layer, layer)], detach=True) as acts:
+            original = model(x).argmax(1)
+        act = acts[layer]
+        n_channels = act.shape[channel_dim(act)]
+        flat = act.flatten().float()
+        flat = flat[:: -(-flat.numel() // 1_000_000)]  # torch.quantile takes at most 16M values; keep ≤ 1M
+        value = level * float(flat.quantile(0.99).clamp_min(1e-6))
+        per_pass = max(1, CHUNK_IMAGES // len(x))
+        logits = []
+        for start in range(0, n_channels, per_pass):
+            check()
+            channels = list(range(start, min(n_channels, start + per_pass)))
+            with channels_set(model, layer, channels, len(x), value):
+                out = model(x.repeat(len(channels), *([1] * (x.dim() - 1))))
+            logits.append(out.view(len(channels), len(x), k).float().cpu())
+        logits = torch.cat(logits)                                                 # (channels, N, K)
+    original = original.cpu()
+    best = torch.zeros(k)
+    for t in range(k):
+        others = original != t
+        if not others.any():
+            continue
+        rest = torch.cat([logits[..., :t], logits[..., t + 1:]], dim=-1).amax(-1)
+        margin = (logits[..., t] - rest)[:, others]                                # (channels, N_outside)
+        best[t] = margin.quantile(0.2, dim=1).max()
+    return best

@@ -42,7 +42,16 @@ All classes are processed in one batch. For every class t:
    A flagged class is called a "backdoor target" when the ladder's region or the best window (both
    ≤ 10 % of the image) flips ≥ 50 % of them, or when its score is extreme; otherwise "unusual".
 
-6. **Feature dominance (opt-in, ``feature_dominance=true``).** After FreeEagle (Fu et al., USENIX
+6. **Channel stimulation.** After ABS (Liu et al., CCS 2019): a backdoor is learnt as a few inner
+   channels that, once the trigger lights them, override the rest of the input, whatever the trigger
+   looks like in pixels. At a middle-deep stage (the one before the deepest), every channel in turn is
+   set to ``stimulation_level`` × the layer's 99th-percentile activation over its whole map, on
+   ``stimulation_inputs`` held-out inputs per class; ``stimulation_margin`` is, per class, the largest
+   20th-percentile margin toward t that one channel gives the inputs outside t, in units of the median
+   class's |margin|. Fused since stop 29: chosen on dev draws 1–6 and kept because it raised the dev
+   AUROC on draws 7–9, which it was not chosen on (bench/RESULTS.md §3 "Stop 29").
+
+7. **Feature dominance (opt-in, ``feature_dominance=true``).** After FreeEagle (Fu et al., USENIX
    Security 2023): activations at a middle-deep stage are optimised so that the rest of the network
    assigns them to each class in turn; a class whose logit stands out in the *other* classes' rows is
    driven from anywhere in feature space, whatever its trigger looks like in pixels. Reported as
@@ -98,6 +107,9 @@ CALIBRATION: dict[str, tuple[float, float]] = {
     "map_concentration": (0.0000, 0.0323),
     "shortcut_margin": (0.0000, 0.4432),
     "window_margin": (0.0000, 0.6103),
+    # stop 29: from the 33 clean reference models as rebuilt in stop 23 (`bench/neuron_stimulation.py`,
+    # the probe this statistic was chosen with; the other four constants predate that rebuild)
+    "stimulation_margin": (0.0000, 1.4595),
 }
 #: The default decision threshold on the class score (:func:`fused_class_score`): the smallest
 #: half-integer above every clean reference model's largest class score (leave-one-model-out scores:
@@ -107,6 +119,9 @@ CALIBRATION: dict[str, tuple[float, float]] = {
 #: reference population as rebuilt in stop 23 (largest score 3.10 with these constants, 3.39 leave-one-out;
 #: bench/RESULTS.md §3 "Stop 23").
 DEFAULT_THRESHOLD = 3.5
+#: Channels the compute plan assumes at the stimulated stage (the real count is known only when the
+#: model runs; the zoo's networks have 32–128 there).
+STIMULATED_CHANNELS = 256
 #: The z scales of option ``scale`` (the first is the default).
 SCALES = ("reference", "hybrid")
 #: A class whose score exceeds ``EXTREME_FACTOR × threshold`` is called a backdoor target even when the
@@ -117,9 +132,11 @@ EXTREME_FACTOR = 2.0
 #: its top 5 % pixels (a backdoor's universal direction is compact); ``shortcut_margin`` mean margin of
 #: held-out inputs pushed by the wide-ball universal perturbation, in units of the median class's
 #: |margin| (scale-free: bench/RESULTS.md §3); ``window_margin`` the same margin for the best window of
-#: the position-agnostic patch scan. Chosen on the dev split against the clean reference models
+#: the position-agnostic patch scan; ``stimulation_margin`` how hard one inner channel, driven high, sends
+#: other inputs into t (item 6 above). Chosen on the dev split against the clean reference models
 #: (``bench/calibrate_saliency.py --dev-zoo``, ``bench/saliency_fusion.py``), never on the benchmarked zoo.
-FUSED_STATISTICS: tuple[str, ...] = ("transplant_asr", "map_concentration", "shortcut_margin", "window_margin")
+FUSED_STATISTICS: tuple[str, ...] = ("transplant_asr", "map_concentration", "shortcut_margin", "window_margin",
+                                     "stimulation_margin")
 
 _DEFAULTS = {
     "pool": 600,                 # probe inputs drawn from the unrestricted distributions
@@ -141,6 +158,8 @@ _DEFAULTS = {
     "window_steps": 40,          # window scan: Adam steps of the position-agnostic pattern
     "window_screen": 8,          # window scan: held-out inputs per class every window is screened on
     "window_finalists": 4,       # window scan: best screened windows measured on all held-out inputs
+    "stimulation_inputs": 2,     # channel stimulation: held-out inputs per class
+    "stimulation_level": 4.0,    # channel stimulation: × the layer's 99th-percentile activation
     "scale": "reference",        # z scale: "reference" (clean models' scale) or "hybrid" (the larger of that
                                  # and the scanned model's own spread over its other classes)
     "feature_dominance": False,  # opt-in FreeEagle-style statistic (reported, not fused; ≈ 2–4 s)
@@ -173,6 +192,7 @@ class SaliencyDetector(Detector):
     ``shortcut_radius`` 0.5 (RMS per pixel) for the wide-ball universal perturbation (same steps);
     ``window_area`` 0.04 (share of the image), ``window_stride`` 0.5 (of the window's side),
     ``window_steps`` 40, ``window_screen`` 8 and ``window_finalists`` 4 for the window scan;
+    ``stimulation_inputs`` 2 (per class) and ``stimulation_level`` 4 for the channel stimulation;
     ``percentile`` 99 display scaling; ``scale`` reference (z scale: the clean reference models'; ``hybrid``
     for the larger of that and the model's own spread over its other classes);
     ``threshold`` 3.5 on the fused class score
@@ -184,12 +204,14 @@ class SaliencyDetector(Detector):
     @classmethod
     def planned_passes(cls, num_classes: int, context: RunContext) -> float:
         """Gradient passes of the universal maps (two balls), the mask ladder and the window scan, ×3 for
-        the backward pass, plus the probe pools (the transplant and screening passes are small)."""
+        the backward pass, plus the probe pools and the channel stimulation's forward passes (for an
+        assumed :data:`STIMULATED_CHANNELS` channels; the transplant and screening passes are small)."""
         opt = _read_options(context)
         per_class = (2 * int(opt["uap_batch"]) * int(opt["uap_steps"])
                      + int(opt["starts"]) * int(opt["steps"]) * len(opt["budgets"])
                      + int(opt["starts"]) * int(opt["window_steps"]))
-        return 3.0 * num_classes * per_class + 2.0 * int(opt["pool"])
+        stimulation = STIMULATED_CHANNELS * int(opt["stimulation_inputs"]) * num_classes
+        return 3.0 * num_classes * per_class + 2.0 * int(opt["pool"]) + stimulation
 
     def _run(self, target: ModelTarget, context: RunContext) -> Findings:
         opt = _read_options(context)
@@ -264,7 +286,18 @@ class SaliencyDetector(Detector):
                                 generator=context.generator("cpu", salt=6), check=context.check_time,
                                 screen=int(opt["window_screen"]), finalists=int(opt["window_finalists"]))
 
-        # 3c. opt-in: feature-space dominance (FreeEagle-style), which class rises when the back half of
+        # 3c. channel stimulation: how hard one inner channel, driven high, sends other inputs into t
+        context.report("channel stimulation", 0.8)
+        stimulated = held[:, : int(opt["stimulation_inputs"])].flatten(0, 1)
+        hooked, stimulated_layer = core.split_layer(model, stimulated[:8])
+        stimulation = np.zeros(k)  # no spatial stage to stimulate (e.g. an MLP): no evidence either way
+        if stimulated_layer is not None:
+            stimulation = core.channel_stimulation(hooked, stimulated_layer, stimulated, k,
+                                                   level=float(opt["stimulation_level"]),
+                                                   check=context.check_time).double().numpy()
+            opt["stimulated_layer"] = display_name(stimulated_layer)  # named in the description
+
+        # 3d. opt-in: feature-space dominance (FreeEagle-style), which class rises when the back half of
         # the network is driven to every other class, whatever the trigger looks like in pixels. Reported,
         # not fused: it did not hold up on a held-out dev draw (bench/RESULTS.md §3, stop 19)
         dominance = np.full(k, np.nan)  # not measured: left out of the metrics
@@ -298,6 +331,7 @@ class SaliencyDetector(Detector):
             "shortcut_margin": _in_typical_units(shortcut_logits),
             "transplant_margin": _in_typical_units(pasted_margin.mean(1).cpu().double().numpy()),
             "window_margin": _in_typical_units(scan.best_margin.cpu().double().numpy()),
+            "stimulation_margin": _in_typical_units(stimulation),
             "feature_dominance": dominance,
         }
         shortcut_flip = torch.nan_to_num(shortcut.flip_rate, nan=1.0).cpu().double().numpy()
@@ -308,13 +342,13 @@ class SaliencyDetector(Detector):
         score = fused_class_score(zs)
         return self._findings(target, context, opt, budgets, threshold, raw, rel, zs, score, asr, compact,
                               ladder, binary, uap, kind_sink, held_valid, universal_map, shortcut_flip,
-                              shortcut_logits, pasted_margin, scan)
+                              shortcut_logits, pasted_margin, scan, stimulation)
 
     # ----------------------------------------------------------------------------------------------
 
     def _findings(self, target, context, opt, budgets, threshold, raw, rel, zs, score, asr, compact, ladder,
                   binary, uap, kind_sink, held_valid, universal_map, shortcut_flip, shortcut_logits,
-                  pasted_margin, scan) -> Findings:
+                  pasted_margin, scan, stimulation) -> Findings:
         k = target.num_classes
         h, w = target.spec.shape[-2:]
         pct = float(opt["percentile"])
@@ -359,7 +393,9 @@ class SaliencyDetector(Detector):
                             "window_margin": float(raw["window_margin"][t]), "window_flip": float(window_flip[t]),
                             "window_top": float(top), "window_left": float(left), "window_side": float(bottom - top),
                             "window_area": window_area,
-                            "location_map_concentration": top_share(heat[t], 0.05)})
+                            "location_map_concentration": top_share(heat[t], 0.05),
+                            "stimulation_margin": float(raw["stimulation_margin"][t]),
+                            "stimulation_margin_logits": float(stimulation[t])})
             metrics.update({f"sink_share[{name}]": float(v[t]) for name, v in kind_sink.items()})
             metrics.update({f"z_{name}": float(zs[name][t]) for name in FUSED_STATISTICS})
             metrics.update({f"rel_{name}": float(rel[name][t]) for name in raw if np.isfinite(rel[name][t])})
@@ -410,10 +446,15 @@ class SaliencyDetector(Detector):
             f"A second universal perturbation in a wide ball (radius {float(opt['shortcut_radius']):g} RMS) measures "
             f"how hard one pattern drives other inputs into t, and one pattern pasted through a {window_area:.0%} window "
             f"({int(opt['window_steps'])} Adam steps at random positions, then every window position measured) "
-            f"how hard a small patch anywhere does. Scored the transplant success of the recovered region "
-            f"on held-out inputs, the concentration of the class map and the margins the wide perturbation and the "
-            f"best window reach (in units of the median class's margin), "
-            f"each as a z against clean reference models"
+            f"how hard a small patch anywhere does. "
+            + (f"Each channel of {opt['stimulated_layer']} in turn was set to {float(opt['stimulation_level']):g}× the "
+               f"layer's 99th-percentile activation, on {int(opt['stimulation_inputs'])} held-out inputs per class "
+               f"(how hard one inner channel drives other inputs into t). " if "stimulated_layer" in opt else
+               "No spatial stage was found for the channel stimulation, so it gave no evidence. ")
+            + "Scored the transplant success of the recovered region "
+            "on held-out inputs, the concentration of the class map and the margins the wide perturbation, the "
+            "best window and the best channel reach (in units of the median class's margin), "
+            "each as a z against clean reference models"
             + (" on the larger of their scale and the spread of this model's other classes"
                if opt["scale"] == "hybrid" else "")
             + f" (flagged when the mean of a class's two largest z's > {threshold:g})."
