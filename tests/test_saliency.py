@@ -292,3 +292,20 @@ def test_channel_stimulation_finds_the_class_one_channel_drives():
     margin = channel_stimulation(model, "0", x, 5, level=4.0, check=lambda: None)
     assert margin.shape == (5,) and int(margin.argmax()) == 2 and margin[2] > 0
     assert count_hooks(model) == 0
+
+
+def test_channel_stimulation_is_opt_in_and_fused_only_when_asked(digits_twins):
+    model = digits_twins.trojaned.model
+    hooks = count_hooks(model)
+    runs = {mode: create("saliency").run(digits_twins.trojaned,
+                                         RunContext(seed=0, options={**FAST, "channel_stimulation": mode}))
+            for mode in ("off", "report", "fuse")}
+    assert not any("stimulation_margin" in c.metrics for c in runs["off"].classes)
+    assert all(math.isfinite(c.metrics["stimulation_margin"]) for c in runs["report"].classes)
+    assert [c.score for c in runs["report"].classes] == [c.score for c in runs["off"].classes]
+    assert all("z_stimulation_margin" in c.metrics for c in runs["fuse"].classes)
+    assert not any("z_stimulation_margin" in c.metrics for c in runs["report"].classes)
+    assert "Channel stimulation (scored)" in runs["fuse"].description
+    assert count_hooks(model) == hooks
+    with pytest.raises(OptionError):
+        create("saliency").run(digits_twins.trojaned, RunContext(seed=0, options={"channel_stimulation": "on"}))

@@ -42,14 +42,18 @@ All classes are processed in one batch. For every class t:
    A flagged class is called a "backdoor target" when the ladder's region or the best window (both
    ≤ 10 % of the image) flips ≥ 50 % of them, or when its score is extreme; otherwise "unusual".
 
-6. **Channel stimulation.** After ABS (Liu et al., CCS 2019): a backdoor is learnt as a few inner
+6. **Channel stimulation (opt-in, ``channel_stimulation=report|fuse``).** After ABS (Liu et al., CCS
+   2019): a backdoor is learnt as a few inner
    channels that, once the trigger lights them, override the rest of the input, whatever the trigger
    looks like in pixels. At a middle-deep stage (the one before the deepest), every channel in turn is
    set to ``stimulation_level`` × the layer's 99th-percentile activation over its whole map, on
    ``stimulation_inputs`` held-out inputs per class; ``stimulation_margin`` is, per class, the largest
    20th-percentile margin toward t that one channel gives the inputs outside t, in units of the median
-   class's |margin|. Fused since stop 29: chosen on dev draws 1–6 and kept because it raised the dev
-   AUROC on draws 7–9, which it was not chosen on (bench/RESULTS.md §3 "Stop 29").
+   class's |margin|. Chosen on dev draws 1–6, it raised the dev AUROC on draws 7–9 (0.853 → 0.871),
+   which it was not chosen on, but lowered it on the benchmarked zoo (0.92 → 0.89) and on a foreign
+   population, and on every population it added one clean flag, each on a MobileNet (bench/RESULTS.md §3
+   "Stop 29"). So it is off by default; ``report`` adds it to each class's metrics, ``fuse`` also fuses it
+   (with its calibration constant and the unchanged threshold).
 
 7. **Feature dominance (opt-in, ``feature_dominance=true``).** After FreeEagle (Fu et al., USENIX
    Security 2023): activations at a middle-deep stage are optimised so that the rest of the network
@@ -107,8 +111,8 @@ CALIBRATION: dict[str, tuple[float, float]] = {
     "map_concentration": (0.0000, 0.0323),
     "shortcut_margin": (0.0000, 0.4432),
     "window_margin": (0.0000, 0.6103),
-    # stop 29: from the 33 clean reference models as rebuilt in stop 23 (`bench/neuron_stimulation.py`,
-    # the probe this statistic was chosen with; the other four constants predate that rebuild)
+    # fused only with channel_stimulation=fuse. From the 33 clean reference models as rebuilt in stop 23
+    # (`bench/neuron_stimulation.py`, the probe it was chosen with; the four above predate that rebuild)
     "stimulation_margin": (0.0000, 1.4595),
 }
 #: The default decision threshold on the class score (:func:`fused_class_score`): the smallest
@@ -132,11 +136,12 @@ EXTREME_FACTOR = 2.0
 #: its top 5 % pixels (a backdoor's universal direction is compact); ``shortcut_margin`` mean margin of
 #: held-out inputs pushed by the wide-ball universal perturbation, in units of the median class's
 #: |margin| (scale-free: bench/RESULTS.md §3); ``window_margin`` the same margin for the best window of
-#: the position-agnostic patch scan; ``stimulation_margin`` how hard one inner channel, driven high, sends
-#: other inputs into t (item 6 above). Chosen on the dev split against the clean reference models
+#: the position-agnostic patch scan. Chosen on the dev split against the clean reference models
 #: (``bench/calibrate_saliency.py --dev-zoo``, ``bench/saliency_fusion.py``), never on the benchmarked zoo.
-FUSED_STATISTICS: tuple[str, ...] = ("transplant_asr", "map_concentration", "shortcut_margin", "window_margin",
-                                     "stimulation_margin")
+#: Option ``channel_stimulation=fuse`` adds ``stimulation_margin`` (item 6 above).
+FUSED_STATISTICS: tuple[str, ...] = ("transplant_asr", "map_concentration", "shortcut_margin", "window_margin")
+#: Values of option ``channel_stimulation`` (the first is the default).
+STIMULATION_MODES = ("off", "report", "fuse")
 
 _DEFAULTS = {
     "pool": 600,                 # probe inputs drawn from the unrestricted distributions
@@ -158,6 +163,7 @@ _DEFAULTS = {
     "window_steps": 40,          # window scan: Adam steps of the position-agnostic pattern
     "window_screen": 8,          # window scan: held-out inputs per class every window is screened on
     "window_finalists": 4,       # window scan: best screened windows measured on all held-out inputs
+    "channel_stimulation": "off",  # opt-in ABS-style statistic: off, report (not fused) or fuse (≈ 1–2 s)
     "stimulation_inputs": 2,     # channel stimulation: held-out inputs per class
     "stimulation_level": 4.0,    # channel stimulation: × the layer's 99th-percentile activation
     "scale": "reference",        # z scale: "reference" (clean models' scale) or "hybrid" (the larger of that
@@ -192,7 +198,8 @@ class SaliencyDetector(Detector):
     ``shortcut_radius`` 0.5 (RMS per pixel) for the wide-ball universal perturbation (same steps);
     ``window_area`` 0.04 (share of the image), ``window_stride`` 0.5 (of the window's side),
     ``window_steps`` 40, ``window_screen`` 8 and ``window_finalists`` 4 for the window scan;
-    ``stimulation_inputs`` 2 (per class) and ``stimulation_level`` 4 for the channel stimulation;
+    ``channel_stimulation`` off (``report`` adds the ABS-style statistic, ``fuse`` also scores it), with
+    ``stimulation_inputs`` 2 (per class) and ``stimulation_level`` 4;
     ``percentile`` 99 display scaling; ``scale`` reference (z scale: the clean reference models'; ``hybrid``
     for the larger of that and the model's own spread over its other classes);
     ``threshold`` 3.5 on the fused class score
@@ -204,13 +211,14 @@ class SaliencyDetector(Detector):
     @classmethod
     def planned_passes(cls, num_classes: int, context: RunContext) -> float:
         """Gradient passes of the universal maps (two balls), the mask ladder and the window scan, ×3 for
-        the backward pass, plus the probe pools and the channel stimulation's forward passes (for an
-        assumed :data:`STIMULATED_CHANNELS` channels; the transplant and screening passes are small)."""
+        the backward pass, plus the probe pools and the opt-in channel stimulation's forward passes (for
+        an assumed :data:`STIMULATED_CHANNELS` channels; the transplant and screening passes are small)."""
         opt = _read_options(context)
         per_class = (2 * int(opt["uap_batch"]) * int(opt["uap_steps"])
                      + int(opt["starts"]) * int(opt["steps"]) * len(opt["budgets"])
                      + int(opt["starts"]) * int(opt["window_steps"]))
-        stimulation = STIMULATED_CHANNELS * int(opt["stimulation_inputs"]) * num_classes
+        stimulation = (STIMULATED_CHANNELS * int(opt["stimulation_inputs"]) * num_classes
+                       if opt["channel_stimulation"] != "off" else 0)
         return 3.0 * num_classes * per_class + 2.0 * int(opt["pool"]) + stimulation
 
     def _run(self, target: ModelTarget, context: RunContext) -> Findings:
@@ -286,16 +294,20 @@ class SaliencyDetector(Detector):
                                 generator=context.generator("cpu", salt=6), check=context.check_time,
                                 screen=int(opt["window_screen"]), finalists=int(opt["window_finalists"]))
 
-        # 3c. channel stimulation: how hard one inner channel, driven high, sends other inputs into t
-        context.report("channel stimulation", 0.8)
-        stimulated = held[:, : int(opt["stimulation_inputs"])].flatten(0, 1)
-        hooked, stimulated_layer = core.split_layer(model, stimulated[:8])
-        stimulation = np.zeros(k)  # no spatial stage to stimulate (e.g. an MLP): no evidence either way
-        if stimulated_layer is not None:
-            stimulation = core.channel_stimulation(hooked, stimulated_layer, stimulated, k,
-                                                   level=float(opt["stimulation_level"]),
-                                                   check=context.check_time).double().numpy()
-            opt["stimulated_layer"] = display_name(stimulated_layer)  # named in the description
+        # 3c. opt-in: channel stimulation (ABS-style), how hard one inner channel, driven high, sends other
+        # inputs into t. Off by default: it helped on held-out dev draws but not on the zoo or a foreign
+        # population, where it added a clean flag (bench/RESULTS.md §3, stop 29)
+        stimulation = np.full(k, np.nan)  # not measured: left out of the metrics
+        if opt["channel_stimulation"] != "off":
+            context.report("channel stimulation", 0.8)
+            stimulated = held[:, : int(opt["stimulation_inputs"])].flatten(0, 1)
+            hooked, stimulated_layer = core.split_layer(model, stimulated[:8])
+            stimulation = np.zeros(k)  # no spatial stage to stimulate (e.g. an MLP): no evidence either way
+            if stimulated_layer is not None:
+                stimulation = core.channel_stimulation(hooked, stimulated_layer, stimulated, k,
+                                                       level=float(opt["stimulation_level"]),
+                                                       check=context.check_time).double().numpy()
+                opt["stimulated_layer"] = display_name(stimulated_layer)  # named in the description
 
         # 3d. opt-in: feature-space dominance (FreeEagle-style), which class rises when the back half of
         # the network is driven to every other class, whatever the trigger looks like in pixels. Reported,
@@ -331,14 +343,14 @@ class SaliencyDetector(Detector):
             "shortcut_margin": _in_typical_units(shortcut_logits),
             "transplant_margin": _in_typical_units(pasted_margin.mean(1).cpu().double().numpy()),
             "window_margin": _in_typical_units(scan.best_margin.cpu().double().numpy()),
-            "stimulation_margin": _in_typical_units(stimulation),
+            "stimulation_margin": _in_typical_units(stimulation) if np.isfinite(stimulation).all() else stimulation,
             "feature_dominance": dominance,
         }
         shortcut_flip = torch.nan_to_num(shortcut.flip_rate, nan=1.0).cpu().double().numpy()
         rel = {name: relative_to_others(v) for name, v in raw.items()}
-        spread = {name: within_model_spread(raw[name]) if opt["scale"] == "hybrid" else None
-                  for name in FUSED_STATISTICS}
-        zs = {name: calibrated_z(name, rel[name], spread[name]) for name in FUSED_STATISTICS}
+        fused = FUSED_STATISTICS + (("stimulation_margin",) if opt["channel_stimulation"] == "fuse" else ())
+        spread = {name: within_model_spread(raw[name]) if opt["scale"] == "hybrid" else None for name in fused}
+        zs = {name: calibrated_z(name, rel[name], spread[name]) for name in fused}
         score = fused_class_score(zs)
         return self._findings(target, context, opt, budgets, threshold, raw, rel, zs, score, asr, compact,
                               ladder, binary, uap, kind_sink, held_valid, universal_map, shortcut_flip,
@@ -393,12 +405,13 @@ class SaliencyDetector(Detector):
                             "window_margin": float(raw["window_margin"][t]), "window_flip": float(window_flip[t]),
                             "window_top": float(top), "window_left": float(left), "window_side": float(bottom - top),
                             "window_area": window_area,
-                            "location_map_concentration": top_share(heat[t], 0.05),
-                            "stimulation_margin": float(raw["stimulation_margin"][t]),
-                            "stimulation_margin_logits": float(stimulation[t])})
+                            "location_map_concentration": top_share(heat[t], 0.05)})
             metrics.update({f"sink_share[{name}]": float(v[t]) for name, v in kind_sink.items()})
-            metrics.update({f"z_{name}": float(zs[name][t]) for name in FUSED_STATISTICS})
+            metrics.update({f"z_{name}": float(zs[name][t]) for name in zs})
             metrics.update({f"rel_{name}": float(rel[name][t]) for name in raw if np.isfinite(rel[name][t])})
+            if np.isfinite(stimulation[t]):
+                metrics.update({"stimulation_margin": float(raw["stimulation_margin"][t]),
+                                "stimulation_margin_logits": float(stimulation[t])})
             if np.isfinite(raw["feature_dominance"][t]):
                 metrics["feature_dominance"] = float(raw["feature_dominance"][t])
             images = [
@@ -446,15 +459,11 @@ class SaliencyDetector(Detector):
             f"A second universal perturbation in a wide ball (radius {float(opt['shortcut_radius']):g} RMS) measures "
             f"how hard one pattern drives other inputs into t, and one pattern pasted through a {window_area:.0%} window "
             f"({int(opt['window_steps'])} Adam steps at random positions, then every window position measured) "
-            f"how hard a small patch anywhere does. "
-            + (f"Each channel of {opt['stimulated_layer']} in turn was set to {float(opt['stimulation_level']):g}× the "
-               f"layer's 99th-percentile activation, on {int(opt['stimulation_inputs'])} held-out inputs per class "
-               f"(how hard one inner channel drives other inputs into t). " if "stimulated_layer" in opt else
-               "No spatial stage was found for the channel stimulation, so it gave no evidence. ")
-            + "Scored the transplant success of the recovered region "
-            "on held-out inputs, the concentration of the class map and the margins the wide perturbation, the "
-            "best window and the best channel reach (in units of the median class's margin), "
-            "each as a z against clean reference models"
+            f"how hard a small patch anywhere does. Scored the transplant success of the recovered region "
+            f"on held-out inputs, the concentration of the class map and the margins the wide perturbation and the "
+            f"best window reach (in units of the median class's margin)"
+            + (" and the channel stimulation's (below)" if "stimulation_margin" in zs else "")
+            + ", each as a z against clean reference models"
             + (" on the larger of their scale and the spread of this model's other classes"
                if opt["scale"] == "hybrid" else "")
             + f" (flagged when the mean of a class's two largest z's > {threshold:g})."
@@ -465,6 +474,14 @@ class SaliencyDetector(Detector):
                             f"starts and {int(opt['uap_batch'])} samples per step per class, {int(opt['steps'])}/"
                             f"{int(opt['uap_steps'])}/{int(opt['window_steps'])} steps): the statistics are noisier than "
                             f"at the effort the threshold was calibrated at (--effort 1 for the full work).")
+        if opt["channel_stimulation"] != "off":
+            fused_or_not = "scored" if "stimulation_margin" in zs else "reported, not scored"
+            description += (
+                f" Channel stimulation ({fused_or_not}): each channel of {opt['stimulated_layer']} in turn set to "
+                f"{float(opt['stimulation_level']):g}× the layer's 99th-percentile activation, on "
+                f"{int(opt['stimulation_inputs'])} held-out inputs per class; a class's value is the best channel's "
+                f"20th-percentile margin toward it (ABS-style)." if "stimulated_layer" in opt else
+                f" Channel stimulation ({fused_or_not}) found no spatial stage to stimulate, so it gave no evidence.")
         if "feature_layer" in opt:
             description += (f" Also reported, not scored: feature dominance, the mean standing of each class's "
                             f"logit when the activations of {opt['feature_layer']} are optimised "
@@ -488,6 +505,9 @@ def _read_options(context: RunContext) -> dict:
     opt = {key: context.option(key, default) for key, default in _DEFAULTS.items()}
     if opt["scale"] not in SCALES:
         raise OptionError(f"option scale={opt['scale']!r} must be one of {', '.join(SCALES)}")
+    if opt["channel_stimulation"] not in STIMULATION_MODES:
+        raise OptionError(f"option channel_stimulation={opt['channel_stimulation']!r} must be one of "
+                          f"{', '.join(STIMULATION_MODES)}")
     opt["budgets"] = tuple(sorted(opt["budgets"]))
     if not opt["budgets"] or not all(0.0 < b <= 1.0 for b in opt["budgets"]):
         raise OptionError(f"option budgets={','.join(f'{b:g}' for b in opt['budgets'])} must be fractions in (0, 1]")
@@ -603,13 +623,14 @@ def top_share(m: torch.Tensor, fraction: float) -> float:
 
 
 def fused_class_score(zs: dict[str, np.ndarray]) -> np.ndarray:
-    """Per class, the mean of the two largest calibrated z's over :data:`FUSED_STATISTICS`.
+    """Per class, the mean of the two largest calibrated z's over the fused statistics in ``zs``
+    (:data:`FUSED_STATISTICS`, and ``stimulation_margin`` with ``channel_stimulation=fuse``).
 
     A backdoor target raises several statistics at once, a clean class at most one now and then: on the
     clean reference models and the trojaned dev models (bench/calibrate_saliency.py) the mean of the top
     two separated them with a wider gap than the single largest z (clean ≤ 3.4 vs trojaned ≥ 4.9, against
     ≤ 5.2 vs ≥ 5.6)."""
-    stacked = np.sort(np.stack([zs[s] for s in FUSED_STATISTICS], axis=1), axis=1)
+    stacked = np.sort(np.stack(list(zs.values()), axis=1), axis=1)
     return stacked[:, -2:].mean(axis=1)
 
 
