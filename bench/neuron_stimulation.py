@@ -2,10 +2,13 @@
 measured offline (stop 29).
 
     python bench/neuron_stimulation.py probe --out bench/_cache/stim_a.json --dev-seeds 6000-7807
+    python bench/neuron_stimulation.py evaluate bench/_cache/stim_a.json --seeds 6000-7807      # selection
     python bench/neuron_stimulation.py probe --out bench/_cache/stim_b.json --dev-seeds 9100-10207 --no-clean
-    python bench/neuron_stimulation.py evaluate bench/_cache/stim_a.json --seeds 6000-7807 \\
-        --saliency bench/_cache/saliency_calibration_a.json bench/_cache/saliency_calibration_b.json \\
-        bench/_cache/saliency_calibration_c.json
+    python bench/neuron_stimulation.py evaluate bench/_cache/stim_a.json bench/_cache/stim_b.json \\
+        --seeds 9100-10207 --only q20_mid4 \\
+        --saliency bench/_cache/saliency_calibration_{a,b,c}.json                                # judge
+    python bench/neuron_stimulation.py probe --out bench/_cache/stim_foreign.json \\
+        --zoo bench/zoo/foreign --dev-zoo bench/zoo/foreign                                     # foreign models
 
 After ABS (Liu et al., CCS 2019, "artificial brain stimulation"), data-free: a backdoor is learnt as a few
 inner channels that, once the trigger lights them, override the rest of the input and elevate the
@@ -19,7 +22,8 @@ largest 20th-percentile margin toward t of one channel (``q20``, in units of the
 classes) and the share of channels that send ≥ 80 % of the inputs to t (``count``). Each candidate is
 fused with the shipped statistics through ``bench/saliency_fusion.evaluate`` like every other probe
 (``bench/candidate_probe.py``); the rule that decides it is in bench/RESULTS.md §3 "Stop 29". The
-benchmarked zoo is never read.
+benchmarked zoo is never read. The chosen candidate, ``q20_mid4``, is the detector's opt-in
+``stimulation_margin`` (``--option saliency.channel_stimulation=report|fuse``), which reproduces it.
 """
 
 from __future__ import annotations
