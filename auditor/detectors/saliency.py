@@ -43,17 +43,17 @@ All classes are processed in one batch. For every class t:
    ≤ 10 % of the image) flips ≥ 50 % of them, or when its score is extreme; otherwise "unusual".
 
 6. **Channel stimulation (opt-in, ``channel_stimulation=report|fuse``).** After ABS (Liu et al., CCS
-   2019): a backdoor is learnt as a few inner
-   channels that, once the trigger lights them, override the rest of the input, whatever the trigger
-   looks like in pixels. At a middle-deep stage (the one before the deepest), every channel in turn is
-   set to ``stimulation_level`` × the layer's 99th-percentile activation over its whole map, on
-   ``stimulation_inputs`` held-out inputs per class; ``stimulation_margin`` is, per class, the largest
-   20th-percentile margin toward t that one channel gives the inputs outside t, in units of the median
-   class's |margin|. Chosen on dev draws 1–6, it raised the dev AUROC on draws 7–9 (0.853 → 0.871),
-   which it was not chosen on, but lowered it on the benchmarked zoo (0.92 → 0.89) and on a foreign
-   population, and on every population it added one clean flag, each on a MobileNet (bench/RESULTS.md §3
-   "Stop 29"). So it is off by default; ``report`` adds it to each class's metrics, ``fuse`` also fuses it
-   (with its calibration constant and the unchanged threshold).
+   2019): a backdoor is learnt as a few inner channels that, once the trigger lights them, override the
+   rest of the input, whatever the trigger looks like in pixels. At a middle-deep stage (the one before
+   the deepest), every channel in turn is set to ``stimulation_level`` × the layer's 99th-percentile
+   activation over its whole map, on ``stimulation_inputs`` held-out inputs per class;
+   ``stimulation_margin`` is, per class, the largest 20th-percentile margin toward t that one channel
+   gives the inputs outside t, in units of the median class's |margin|. Chosen on dev draws 1–6, it
+   raised the dev AUROC on draws 7–9 (0.853 → 0.871), which it was not chosen on, but lowered it on the
+   benchmarked zoo (0.92 → 0.89) and on a foreign population, and on every population it added one
+   clean flag, each on a MobileNet (bench/RESULTS.md §3 "Stop 29"). So it is off by default; ``report``
+   adds it to each class's metrics, ``fuse`` also fuses it (with its calibration constant and the
+   unchanged threshold).
 
 7. **Feature dominance (opt-in, ``feature_dominance=true``).** After FreeEagle (Fu et al., USENIX
    Security 2023): activations at a middle-deep stage are optimised so that the rest of the network
@@ -163,7 +163,7 @@ _DEFAULTS = {
     "window_steps": 40,          # window scan: Adam steps of the position-agnostic pattern
     "window_screen": 8,          # window scan: held-out inputs per class every window is screened on
     "window_finalists": 4,       # window scan: best screened windows measured on all held-out inputs
-    "channel_stimulation": "off",  # opt-in ABS-style statistic: off, report (not fused) or fuse (≈ 1–2 s)
+    "channel_stimulation": "off",  # opt-in ABS-style statistic: off, report (not fused) or fuse (< 1 s)
     "stimulation_inputs": 2,     # channel stimulation: held-out inputs per class
     "stimulation_level": 4.0,    # channel stimulation: × the layer's 99th-percentile activation
     "scale": "reference",        # z scale: "reference" (clean models' scale) or "hybrid" (the larger of that
