@@ -521,12 +521,16 @@ def render(section: str, manifest: dict, members: list[dict], rows: dict, names:
         + "".join(f" --cli-arg={e}" for e in (extra or [])) + "`.",
         "",
     ]
-    for key, title, digits in (("auroc", "Model-level AUROC", 2), ("tpr_at_fpr_0.1", "TPR at FPR ≤ 0.1", 2),
-                               ("fpr_at_tpr_0.95", "FPR at 95 % TPR", 2),
-                               ("cross_entropy", "TrojAI cross-entropy of model_score (lower is better; 0.693 = coin)", 3),
-                               ("tpr_at_threshold", "Share of trojaned models flagged at the default threshold", 2),
-                               ("target_accuracy", "Target class among flagged classes (flagged all-to-one models)", 2)):
+    trojaned = any(m["trojaned"] for m in members)
+    detection = (("auroc", "Model-level AUROC", 2), ("tpr_at_fpr_0.1", "TPR at FPR ≤ 0.1", 2),
+                 ("fpr_at_tpr_0.95", "FPR at 95 % TPR", 2),
+                 ("cross_entropy", "TrojAI cross-entropy of model_score (lower is better; 0.693 = coin)", 3),
+                 ("tpr_at_threshold", "Share of trojaned models flagged at the default threshold", 2),
+                 ("target_accuracy", "Target class among flagged classes (flagged all-to-one models)", 2))
+    for key, title, digits in detection if trojaned else ():
         out += [f"#### {title}", "", metric_table(metrics, scorers, key, digits)]
+    if not trojaned:
+        out += ["No trojaned members: only the clean models' figures and the cost apply (no ROC).", ""]
     out += ["#### Clean and spurious models", "",
             "| scorer | clean flagged | spurious AUROC | spurious flagged | spurious class named | two-target: both found |",
             "|---|---|---|---|---|---|"]
@@ -535,7 +539,7 @@ def render(section: str, manifest: dict, members: list[dict], rows: dict, names:
         out.append(f"| {s} | {_fmt(t.get('clean', {}).get('flagged_rate'))} | {_fmt(t.get('spurious', {}).get('auroc'))} | "
                    f"{_fmt(t.get('spurious', {}).get('flagged_rate'))} | {_fmt(t.get('spurious', {}).get('spurious_named'))} | "
                    f"{_fmt(t.get('two_target', {}).get('both_targets'))} |")
-    out += ["", f"![ROC]({roc_file.name})", "", "#### Cost per model", "",
+    out += ["", *([f"![ROC]({roc_file.name})", ""] if trojaned else []), "#### Cost per model", "",
             "| scorer | median s | p90 s | peak RSS median (MiB) | peak RSS max (MiB) |", "|---|---|---|---|---|"]
     for s in scorers:
         c = cost.get(s, {})
@@ -669,7 +673,8 @@ def main(argv: list[str] | None = None) -> int:
     roc_name = "roc.png" if section == "main" else f"roc-{section}.png"
     # a --no-write run must not overwrite the committed plot that RESULTS.md shows
     roc_file = (runs_dir if a.no_write else a.results.parent) / roc_name
-    roc_plot(members, rows, scorers, roc_file)
+    if any(m["trojaned"] for m in members):  # a clean-only population has no ROC to draw
+        roc_plot(members, rows, scorers, roc_file)
     (runs_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, "cost": cost, "scaling": scale}, indent=1))
     body = render(section, manifest, members, rows, names, metrics, cost, scale, roc_file, a.inprocess, wall,
                   a.cli_arg)
@@ -687,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         if manifest["profile"] in ("default", "foreign"):  # the scored populations' member tables
             write_results("zoo" if manifest["profile"] == "default" else f"zoo-{manifest['profile']}",
                           zoo_section(manifest), a.results)
-        print(f"wrote {a.results} (section {section}) and {roc_file}")
+        print(f"wrote {a.results} (section {section})" + (f" and {roc_file}" if roc_file.exists() else ""))
     for s in scorers:
         o = metrics[s].get("overall", {})
         print(f"{s:<16} AUROC {_fmt(o.get('auroc'))}  clean flagged {_fmt(metrics[s]['clean'].get('flagged_rate'))}  "
