@@ -431,11 +431,34 @@ def foreign_spurious_members() -> list[dict]:
     return members
 
 
+def frame_draw_members(base_seed: int) -> list[dict]:
+    """8 spurious-frame models for the diffusion probe's frame candidates (bench/RESULTS.md §5, stop 30):
+    frames 1–4 px wide in uniformly random colours, digits and shapes alternating, architectures
+    rotated, every other member trained with a foreign recipe. ``frame-dev`` (seeds 13000+) is where a
+    change is checked; ``frame-judge`` (13100+) is scored once under a rule written down before."""
+    members = []
+    for i in range(8):
+        seed = base_seed + i
+        domain = ("digits", "shapes")[i % 2]
+        archs = DOMAIN_ARCHS[domain]
+        arch = archs[(i // 2 + (1 if base_seed % 200 else 0)) % len(archs)]
+        rng = np.random.default_rng(seed)
+        params = {"kind": "frame", "colour": [round(float(v), 3) for v in rng.uniform(0.0, 1.0, 3)],
+                  "width": int(rng.integers(1, 5)), "fraction": 0.95, "class": int(rng.integers(10))}
+        training = _foreign_training(arch, domain, i) if i % 4 >= 2 else None
+        members.append({"id": f"{domain}-spurious_frame-{arch}-{seed}",
+                        **_recipe(domain, arch, seed, spurious=params, training=training)})
+    for i, m in enumerate(members):
+        m["format"] = FORMATS[i % len(FORMATS)]
+    return members
+
+
 #: Every population bench/zoo.py builds, by name (``--population``); each goes to bench/zoo/<name>,
 #: the default one to bench/zoo.
 POPULATIONS = {"default": default_members, "small": small_members, "reference": reference_members,
                "dev": dev_members, "foreign": foreign_members, "foreign-ablation": foreign_ablation_members,
-               "foreign-spurious": foreign_spurious_members, "clean-draw": clean_draw_members}
+               "foreign-spurious": foreign_spurious_members, "clean-draw": clean_draw_members,
+               "frame-dev": lambda: frame_draw_members(13000), "frame-judge": lambda: frame_draw_members(13100)}
 POPULATION_HELP = {
     "default": "the benchmarked zoo", "small": "a handful of fast members (smoke test, ≤ 3 min)",
     "reference": "clean calibration models (seeds disjoint from the zoo)",
@@ -444,6 +467,8 @@ POPULATION_HELP = {
     "foreign-ablation": "blended models crossing the zoo's and the foreign recipes and patterns",
     "foreign-spurious": "spurious-correlation models of the foreign recipes",
     "clean-draw": "a second draw of the zoo's clean models (a tighter false-alarm estimate)",
+    "frame-dev": "spurious-frame models of random width and colour for checking a change",
+    "frame-judge": "spurious-frame models of random width and colour, scored once under a written rule",
 }
 
 

@@ -69,6 +69,7 @@ from auditor.diffusion.readout import (
     class_statistics,
     intervene,
     rank_concepts,
+    scan_frames,
     scan_gratings,
     transplant,
 )
@@ -91,7 +92,7 @@ from auditor.target import ModelTarget
     # bench/RESULTS.md §5), so it does not vote in the default verdict
     default=False,
     options=("prior", "pipeline", "fast", "per_class", "iterations", "lr", "sampler_steps", "latent_weight",
-             "objective", "context_per_class", "victims", "texture_amplitude", "min_flip", "fidelity_stages",
+             "objective", "context_per_class", "frame_scan", "victims", "texture_amplitude", "min_flip", "fidelity_stages",
              "fidelity_per_class", "prior_rho", "border_loss", "texture_loss", "min_coverage", "min_confidence",
              "ring", "concepts"),
     calibrated_flops=REFERENCE_MAX_FLOPS,  # the bundled priors' thresholds (bench/diffusion_calibrate.py)
@@ -148,6 +149,7 @@ class DiffusionProbe(Detector):
         context_per_class = int(context.option("context_per_class", 2))
         n_victims = int(context.option("victims", 8))
         texture_amplitude = float(context.option("texture_amplitude", 0.3))
+        frame_scan = bool(context.option("frame_scan", False))
         if objective not in OBJECTIVES:
             raise OptionError(f"option objective={objective!r} must be one of {', '.join(OBJECTIVES)}")
         user_flip = context.threshold if context.threshold is not None else (
@@ -217,8 +219,11 @@ class DiffusionProbe(Detector):
             # the context probe: images whose frame alone, pasted onto the victims, maximises the class;
             # and the gratings that, pasted as a texture, send most victims to the class
             context.report("context probe", 0.62)
-            sources = {"frame": probe_context(gen, target.model, k, context_per_class, victims, ring, iterations,
-                                              lr, latent_weight, context),
+            frames = probe_context(gen, target.model, k, context_per_class, victims, ring, iterations, lr,
+                                   latent_weight, context)
+            if frame_scan:  # and the one-colour frames of a colour bank that send most victims to the class
+                frames = torch.cat([frames, scan_frames(target.model, victims, k, ring, context_per_class)], 1)
+            sources = {"frame": frames,
                        "background texture": scan_gratings(target.model, victims, k, texture_amplitude,
                                                            context_per_class)}
         found = intervene(target.model, per.to(device), others, other_labels, ring,

@@ -216,6 +216,45 @@ def scan_gratings(model, victims: torch.Tensor, k: int, amplitude: float, per_cl
     return bank[best.flatten().cpu()].view(k, per_class, c, h, w).cpu()
 
 
+#: grey levels per channel of the frame colour bank: 33 for one channel, 9 per channel (729 colours) for RGB.
+#: A model that learned a frame takes it in a narrow colour range (a dev digits model: a 2-px frame of
+#: grey 0.38 flipped 0.78 of other-class inputs, of grey 0.30 only 0.47), which optimising a prior's
+#: latent did not always reach
+FRAME_LEVELS = {1: 33, 3: 9}
+
+
+def frame_colour_bank(channels: int) -> torch.Tensor:
+    """(F, C) every colour of a regular grid over [0, 1]^C (:data:`FRAME_LEVELS` levels per channel)."""
+    levels = torch.linspace(0.0, 1.0, FRAME_LEVELS.get(channels, 5))
+    grid = torch.meshgrid(*([levels] * channels), indexing="ij")
+    return torch.stack([g.flatten() for g in grid], 1)
+
+
+@torch.no_grad()
+def scan_frames(model, victims: torch.Tensor, k: int, ring: int, per_class: int, batch: int = 512) -> torch.Tensor:
+    """Per class, the ``per_class`` one-colour ``ring``-px frames of :func:`frame_colour_bank` that, pasted
+    onto ``victims`` (V, C, H, W), send most of the victims the model puts elsewhere to the class. One
+    forward pass per colour and victim serves every class. Returns (K, per_class, C, H, W) on the CPU:
+    images of the chosen colour, so that :func:`transplant` reads the colour off their outer ring."""
+    c, h, w = victims.shape[1:]
+    colours = frame_colour_bank(c).to(victims.device, victims.dtype)                  # (F, C)
+    v = victims.shape[0]
+    base = model(victims).argmax(1)                                                    # (V,)
+    ring_px = ring_mask(h, w, ring, victims.device)
+    step = max(1, batch // v)
+    counts = []
+    for i in range(0, colours.shape[0], step):
+        colour = colours[i:i + step, None, :, None, None]                               # (f, 1, C, 1, 1)
+        stamped = torch.where(ring_px, colour, victims[None])                          # (f, V, C, H, W)
+        pred = model(stamped.flatten(0, 1)).argmax(1).view(-1, v)
+        moved = pred != base[None, :]
+        counts.append(F.one_hot(torch.where(moved, pred, k), k + 1)[..., :k].sum(1))   # (f, K)
+    counts = torch.cat(counts).float()                                                 # (F, K)
+    best = counts.topk(per_class, dim=0).indices.T                                     # (K, per_class)
+    chosen = colours[best.flatten()].view(k, per_class, c, 1, 1)
+    return chosen.expand(-1, -1, -1, h, w).contiguous().cpu()
+
+
 def _inward_frame(sources: torch.Tensor, inputs: torch.Tensor, ring: int, inset: float) -> torch.Tensor:
     """The source's frame (its colour, ``ring`` px wide) drawn around the central box instead, ``inset``
     of each side in from the border."""
