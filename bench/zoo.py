@@ -435,7 +435,8 @@ def frame_draw_members(base_seed: int) -> list[dict]:
     """8 spurious-frame models for the diffusion probe's frame candidates (bench/RESULTS.md §5, stop 30):
     frames 1–4 px wide in uniformly random colours, digits and shapes alternating, architectures
     rotated, every other member trained with a foreign recipe. ``frame-dev`` (seeds 13000+) is where a
-    change is checked; ``frame-judge`` (13100+) is scored once under a rule written down before."""
+    change is checked; ``frame-judge`` (13100+) and ``frame-judge2`` (13200+) are each scored once under a
+    rule written down before."""
     members = []
     for i in range(8):
         seed = base_seed + i
@@ -458,7 +459,8 @@ def frame_draw_members(base_seed: int) -> list[dict]:
 POPULATIONS = {"default": default_members, "small": small_members, "reference": reference_members,
                "dev": dev_members, "foreign": foreign_members, "foreign-ablation": foreign_ablation_members,
                "foreign-spurious": foreign_spurious_members, "clean-draw": clean_draw_members,
-               "frame-dev": lambda: frame_draw_members(13000), "frame-judge": lambda: frame_draw_members(13100)}
+               "frame-dev": lambda: frame_draw_members(13000), "frame-judge": lambda: frame_draw_members(13100),
+               "frame-judge2": lambda: frame_draw_members(13200)}
 POPULATION_HELP = {
     "default": "the benchmarked zoo", "small": "a handful of fast members (smoke test, ≤ 3 min)",
     "reference": "clean calibration models (seeds disjoint from the zoo)",
@@ -469,6 +471,7 @@ POPULATION_HELP = {
     "clean-draw": "a second draw of the zoo's clean models (a tighter false-alarm estimate)",
     "frame-dev": "spurious-frame models of random width and colour for checking a change",
     "frame-judge": "spurious-frame models of random width and colour, scored once under a written rule",
+    "frame-judge2": "a second such draw, for a change made after frame-judge had been scored",
 }
 
 

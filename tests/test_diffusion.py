@@ -287,6 +287,69 @@ def test_grating_scan_finds_the_grating_a_model_takes_at_its_phase():
     assert torch.equal(best[1, 0], bank[101])
 
 
+class _TakesOneFrame(torch.nn.Module):
+    """Class 2 only for a frame of one colour and width: every pixel of the ``width``-px border near the
+    colour, and the pixels just inside it far from it (a narrower frame of that colour does not count)."""
+
+    def __init__(self, colour: torch.Tensor, width: int, side: int = 16):
+        super().__init__()
+        from auditor.diffusion.readout import ring_mask
+
+        self.colour = colour
+        self.border = ring_mask(side, side, width)
+        self.inside = ring_mask(side, side, width + 1) & ~self.border
+
+    def forward(self, x):
+        miss = (x[:, :, self.border] - self.colour[None, :, None]).abs().mean((1, 2))
+        inside = (x[:, :, self.inside] - self.colour[None, :, None]).abs().mean((1, 2))
+        score = 8.0 - 300.0 * miss - 300.0 * (0.2 - inside).clamp(min=0)       # a neighbour of the grid loses
+        return torch.stack([torch.full_like(score, 4.0), torch.full_like(score, 3.0), score], 1)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_frame_scan_finds_the_frame_colour_and_width_a_model_takes(channels):
+    from auditor.diffusion.readout import frame_colour_bank, frame_widths, scan_frames, transplant
+
+    colour = torch.tensor([0.375, 0.75, 0.125][:channels])
+    model = _TakesOneFrame(colour, width=3)
+    victims = torch.rand(8, channels, 16, 16, generator=torch.Generator().manual_seed(0))
+    best, widths = scan_frames(model, victims, k=3, per_class=2)
+    assert best.shape == (3, 2, channels, 16, 16) and widths.shape == (3, 2)
+    assert len(frame_colour_bank(channels)) == (33 if channels == 1 else 729)
+    assert frame_widths(16, 16) == (1, 2) and frame_widths(32, 32) == (1, 2, 3, 4)
+    # 16 px scans 1–2 px wide frames, none of which the model takes; at 32 px the 3-px frame is found
+    assert model(transplant("frame", best[2, :1], victims[:1], ring=widths[2, :1])).argmax(1).item() != 2
+    model = _TakesOneFrame(colour, width=3, side=32)
+    victims = torch.rand(8, channels, 32, 32, generator=torch.Generator().manual_seed(0))
+    best, widths = scan_frames(model, victims, k=3, per_class=2)
+    assert int(widths[2, 0]) == 3
+    stamped = transplant("frame", best[2, :1], victims[:1], ring=widths[2, :1])
+    assert torch.allclose(stamped[0][:, model.border], colour[:, None].expand(-1, int(model.border.sum())))
+    assert model(stamped).argmax(1).item() == 2
+    assert model(transplant("frame", best[2, :1], victims[:1], ring=2)).argmax(1).item() != 2
+
+
+def test_intervention_measures_each_frame_source_at_its_own_width():
+    from auditor.diffusion.readout import intervene
+
+    colour = torch.tensor([0.375])
+    model = _TakesOneFrame(colour, width=3, side=32)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 2, 1, 32, 32, generator=g)
+    others, labels = torch.rand(40, 1, 32, 32, generator=g), torch.randint(0, 2, (40,), generator=g)
+    frames = torch.rand(3, 2, 1, 32, 32, generator=g)
+    frames[2] = colour.view(1, 1, 1, 1)                                # class 2: both sources of the right colour
+    narrow = intervene(model, images, others, labels, ring=2, generator=torch.Generator().manual_seed(1),
+                       sources={"frame": frames})
+    widths = torch.full((3, 2), 2, dtype=torch.long)
+    widths[2, 1] = 3
+    own = intervene(model, images, others, labels, ring=2, generator=torch.Generator().manual_seed(1),
+                    sources={"frame": frames}, widths=widths)
+    assert narrow.flip["frame"][2] == 0.0
+    assert own.flip["frame"][2] == 1.0 and own.source["frame"][2] == 1 and own.frame_width[2] == 3
+    assert own.frame_control[2] == 0.0                                 # moved inward at its width, it is no frame
+
+
 @has_digits_prior
 def test_skips_when_the_shape_matched_prior_does_not_fit_the_model():
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))

@@ -67,6 +67,8 @@ from auditor.diffusion.readout import (
     GRATING_PHASES,
     TEXTURE_PEAKS,
     class_statistics,
+    frame_colour_bank,
+    frame_widths,
     intervene,
     rank_concepts,
     scan_frames,
@@ -108,7 +110,9 @@ class DiffusionProbe(Detector):
     prior's images lacked the planted frame of a dev model; 4 through a pipeline), ``latent_weight``
     (1.0, keeps the latent on the Gaussian shell), ``objective`` (cross_entropy; logit or margin keep
     pushing past a won class), ``context_per_class`` (2 frame context images and 2 gratings per class;
-    0 reads the candidates off the class-maximising images instead), ``victims`` (8 inputs the
+    0 reads the candidates off the class-maximising images instead), ``frame_scan`` (false: also try,
+    per class, the 2 one-colour frames of a colour bank — 33 greys, or 729 RGB colours — that send most
+    victims to the class; bench/RESULTS.md §5, stop 30), ``victims`` (8 inputs the
     context probe and the grating scan optimise for: unoptimised prior samples, or --data samples
     kept apart from the measured ones), ``texture_amplitude`` (0.3 in pixel units, 0.6 peak to peak:
     a texture seen at a glance; on a dev model 0.25 gave a best grating of 0.48, 0.3 of 0.54, 0.4 of
@@ -215,19 +219,23 @@ class DiffusionProbe(Detector):
             inputs_source = "the other classes' generated images"
         stats = class_statistics(per, ring)
         sources = {cand: per for cand in CANDIDATES}
+        widths = torch.full((k, per_class), ring, dtype=torch.long)                   # each frame source's width
         if context_per_class > 0:
             # the context probe: images whose frame alone, pasted onto the victims, maximises the class;
             # and the gratings that, pasted as a texture, send most victims to the class
             context.report("context probe", 0.62)
             frames = probe_context(gen, target.model, k, context_per_class, victims, ring, iterations, lr,
                                    latent_weight, context)
-            if frame_scan:  # and the one-colour frames of a colour bank that send most victims to the class
-                frames = torch.cat([frames, scan_frames(target.model, victims, k, ring, context_per_class)], 1)
+            widths = torch.full(frames.shape[:2], ring, dtype=torch.long)
+            if frame_scan:  # and the one-colour frames (colour × width) that send most victims to the class
+                scanned, scanned_widths = scan_frames(target.model, victims, k, context_per_class)
+                frames, widths = torch.cat([frames, scanned], 1), torch.cat([widths, scanned_widths], 1)
             sources = {"frame": frames,
                        "background texture": scan_gratings(target.model, victims, k, texture_amplitude,
                                                            context_per_class)}
         found = intervene(target.model, per.to(device), others, other_labels, ring,
-                          context.generator("cpu", salt=4), sources={c: v.to(device) for c, v in sources.items()})
+                          context.generator("cpu", salt=4), sources={c: v.to(device) for c, v in sources.items()},
+                          widths=widths)
         # a frame counts only when it is a feature of the border: moved inward it must lose at least half
         # its effect (an object drawn by a ring, such as a hollow square, keeps it)
         frame_ok = found.frame_control <= border_loss * found.flip["frame"]
@@ -264,7 +272,8 @@ class DiffusionProbe(Detector):
             iterations, lr, latent_weight, prior_rho, context, objective,
         )
 
-        source_names = ({"frame": "context image", "background texture": "grating"} if context_per_class > 0
+        source_names = ({"frame": "frame source" if frame_scan else "context image", "background texture": "grating"}
+                        if context_per_class > 0
                         else {cand: "image" for cand in CANDIDATES})
         classes = []
         for t in range(k):
@@ -281,6 +290,7 @@ class DiffusionProbe(Detector):
                 **{f"flip_rate_{cn.replace(' ', '_')}": float(found.flip[cn][t]) for cn in CANDIDATES},
                 **{f"mean_flip_rate_{cn.replace(' ', '_')}": float(found.mean_flip[cn][t]) for cn in CANDIDATES},
                 "flip_rate_frame_moved_inward": float(found.frame_control[t]),
+                "frame_width": float(found.frame_width[t]),
                 "flip_rate_texture_as_noise": float(found.texture_control[t]),
                 "flip_rate_texture_shifted": float(found.texture_shift_control[t]),
                 "border_contrast": float(stats.border_contrast[t]), "centre_contrast": float(stats.centre_contrast[t]),
@@ -290,19 +300,22 @@ class DiffusionProbe(Detector):
             pictures = [EvidenceImage(tile(per[t]), caption, kind="diffusion", fidelity=fid_badge)]
             if flagged:  # the source images, and what the intervention did: the chosen one on another class's input
                 if context_per_class > 0:
-                    what = ("their frame alone was optimised to carry the class" if cand == "frame" else
-                            "pasted as a texture, these sent most of the victims to the class")
+                    what = ("pasted as a texture, these sent most of the victims to the class" if cand != "frame" else
+                            f"the first {context_per_class} were optimised so that their frame alone carries the class, "
+                            f"the last {context_per_class} are the colours of the colour bank whose frames send most "
+                            f"victims to it" if frame_scan else "their frame alone was optimised to carry the class")
                     pictures.append(EvidenceImage(
-                        tile(sources[cand][t]), f"{context_per_class} {source_name}s for '{target.label(t)}': {what}",
+                        tile(sources[cand][t]), f"{len(sources[cand][t])} {source_name}s for '{target.label(t)}': {what}",
                         kind="diffusion", fidelity=fid_badge))
                 victim = others[int(torch.nonzero(other_labels != t)[0])] if (other_labels != t).any() else others[0]
-                stamped = transplant(cand, sources[cand][t, src][None].to(device), victim[None], ring)[0].cpu()
+                width = int(found.frame_width[t]) if cand == "frame" else ring
+                stamped = transplant(cand, sources[cand][t, src][None].to(device), victim[None], width)[0].cpu()
                 pictures.append(EvidenceImage(tile(stamped[None]), f"{cand} of {source_name} {src + 1} transplanted "
                                               f"onto an input of another class", kind="diffusion", fidelity=fid_badge))
             why = (f"flip rate {best_flip[t]:.2f} on held-out {inputs_source}, mean over the class's {source_name}s "
                    f"{found.mean_flip[cand][t]:.2f}")
             if cand == "frame":
-                why += f"; moved inward {found.frame_control[t]:.2f}"
+                why += f"; {found.frame_width[t]}-px frame, moved inward {found.frame_control[t]:.2f}"
             else:
                 why += (f"; as plain noise {found.texture_control[t]:.2f}, shifted by half a period "
                         f"{found.texture_shift_control[t]:.2f}")
@@ -331,7 +344,12 @@ class DiffusionProbe(Detector):
             f"{per_class} generated images per class maximise that class (cross-entropy), all classes in one "
             f"batch; "
             + (f"{context_per_class} more images per class were optimised so that their outer {ring}-px frame "
-               f"alone sends {n_victims} other inputs to the class, and {context_per_class} grey gratings per class "
+               f"alone sends {n_victims} other inputs to the class, "
+               + (f"{context_per_class} one-colour frames per class were chosen from a bank "
+                  f"({len(frame_colour_bank(c))} colours, {', '.join(map(str, frame_widths(h, w)))} px wide) as the "
+                  f"frames that send most of those inputs to the class, "
+                  if frame_scan else "")
+               + f"and {context_per_class} grey gratings per class "
                f"(amplitude {texture_amplitude:g}, periods up to 8 px, {GRATING_PHASES} phases) were chosen as the textures "
                f"that send most of those inputs to the class; these frames and textures "
                if context_per_class > 0 else

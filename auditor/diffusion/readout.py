@@ -112,8 +112,15 @@ TEXTURE_SHIFT_CONTROL = "texture shifted by half a period"
 TEXTURE_PEAKS = 2
 
 
-def transplant(candidate: str, sources: torch.Tensor, inputs: torch.Tensor, ring: int) -> torch.Tensor:
-    """Put the candidate feature of ``sources`` (B, C, H, W) onto ``inputs`` (B, C, H, W)."""
+def transplant(candidate: str, sources: torch.Tensor, inputs: torch.Tensor, ring: int | torch.Tensor) -> torch.Tensor:
+    """Put the candidate feature of ``sources`` (B, C, H, W) onto ``inputs`` (B, C, H, W). ``ring``: the
+    frame width in px, one for all or (B,) per source (the colour scan's frames have their own)."""
+    if isinstance(ring, torch.Tensor):
+        out = inputs.clone()
+        for width in ring.unique().tolist():
+            pick = (ring == width).to(inputs.device)
+            out[pick] = transplant(candidate, sources[pick], inputs[pick], int(width))
+        return out
     h, w = inputs.shape[-2:]
     if candidate == "frame":
         m = ring_mask(h, w, ring, inputs.device)
@@ -217,10 +224,13 @@ def scan_gratings(model, victims: torch.Tensor, k: int, amplitude: float, per_cl
 
 
 #: grey levels per channel of the frame colour bank: 33 for one channel, 9 per channel (729 colours) for RGB.
-#: A model that learned a frame takes it in a narrow colour range (a dev digits model: a 2-px frame of
-#: grey 0.38 flipped 0.78 of other-class inputs, of grey 0.30 only 0.47), which optimising a prior's
-#: latent did not always reach
+#: A model that learned a frame takes it in a narrow colour range (a foreign digits model: a 2-px frame of
+#: grey 0.38 flipped 0.78 of other-class inputs, of grey 0.30 only 0.47)
 FRAME_LEVELS = {1: 33, 3: 9}
+#: frame widths of the scan as shares of the shorter side: 1–4 px at 28–32 px. A model that learned a
+#: wide frame may ignore a narrow one of the right colour (a 3-px frame model: 0.98 with its frame, 0.09
+#: with a 2-px frame of the same grey)
+FRAME_WIDTH_SHARES = (1 / 32, 1 / 16, 3 / 32, 1 / 8)
 
 
 def frame_colour_bank(channels: int) -> torch.Tensor:
@@ -230,29 +240,39 @@ def frame_colour_bank(channels: int) -> torch.Tensor:
     return torch.stack([g.flatten() for g in grid], 1)
 
 
+def frame_widths(h: int, w: int) -> tuple[int, ...]:
+    """The scanned frame widths in px for an H×W input (:data:`FRAME_WIDTH_SHARES`, at least 1 px)."""
+    return tuple(sorted({max(1, round(min(h, w) * share)) for share in FRAME_WIDTH_SHARES}))
+
+
 @torch.no_grad()
-def scan_frames(model, victims: torch.Tensor, k: int, ring: int, per_class: int, batch: int = 512) -> torch.Tensor:
-    """Per class, the ``per_class`` one-colour ``ring``-px frames of :func:`frame_colour_bank` that, pasted
-    onto ``victims`` (V, C, H, W), send most of the victims the model puts elsewhere to the class. One
-    forward pass per colour and victim serves every class. Returns (K, per_class, C, H, W) on the CPU:
-    images of the chosen colour, so that :func:`transplant` reads the colour off their outer ring."""
+def scan_frames(model, victims: torch.Tensor, k: int, per_class: int,
+                batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class, the ``per_class`` one-colour frames (every colour of :func:`frame_colour_bank` at every
+    width of :func:`frame_widths`) that, pasted onto ``victims`` (V, C, H, W), send most of the victims
+    the model puts elsewhere to the class. One forward pass per frame and victim serves every class.
+    Returns (K, per_class, C, H, W) images of the chosen colours (:func:`transplant` reads the colour off
+    their outer ring) and (K, per_class) their widths, on the CPU."""
     c, h, w = victims.shape[1:]
     colours = frame_colour_bank(c).to(victims.device, victims.dtype)                  # (F, C)
+    widths = frame_widths(h, w)
     v = victims.shape[0]
     base = model(victims).argmax(1)                                                    # (V,)
-    ring_px = ring_mask(h, w, ring, victims.device)
     step = max(1, batch // v)
     counts = []
-    for i in range(0, colours.shape[0], step):
-        colour = colours[i:i + step, None, :, None, None]                               # (f, 1, C, 1, 1)
-        stamped = torch.where(ring_px, colour, victims[None])                          # (f, V, C, H, W)
-        pred = model(stamped.flatten(0, 1)).argmax(1).view(-1, v)
-        moved = pred != base[None, :]
-        counts.append(F.one_hot(torch.where(moved, pred, k), k + 1)[..., :k].sum(1))   # (f, K)
-    counts = torch.cat(counts).float()                                                 # (F, K)
+    for width in widths:
+        ring_px = ring_mask(h, w, width, victims.device)
+        for i in range(0, colours.shape[0], step):
+            colour = colours[i:i + step, None, :, None, None]                           # (f, 1, C, 1, 1)
+            stamped = torch.where(ring_px, colour, victims[None])                      # (f, V, C, H, W)
+            pred = model(stamped.flatten(0, 1)).argmax(1).view(-1, v)
+            moved = pred != base[None, :]
+            counts.append(F.one_hot(torch.where(moved, pred, k), k + 1)[..., :k].sum(1))  # (f, K)
+    counts = torch.cat(counts).float()                                                 # (widths × F, K)
     best = counts.topk(per_class, dim=0).indices.T                                     # (K, per_class)
-    chosen = colours[best.flatten()].view(k, per_class, c, 1, 1)
-    return chosen.expand(-1, -1, -1, h, w).contiguous().cpu()
+    chosen = colours[best.flatten() % len(colours)].view(k, per_class, c, 1, 1)
+    chosen_widths = torch.tensor(widths)[(best // len(colours)).cpu()]
+    return chosen.expand(-1, -1, -1, h, w).contiguous().cpu(), chosen_widths
 
 
 def _inward_frame(sources: torch.Tensor, inputs: torch.Tensor, ring: int, inset: float) -> torch.Tensor:
@@ -283,21 +303,27 @@ class Intervention:
     frame_control: np.ndarray
     texture_control: np.ndarray
     texture_shift_control: np.ndarray
+    frame_width: np.ndarray        # the chosen frame source's width in px
 
 
 @torch.no_grad()
 def intervene(model, images: torch.Tensor, others: torch.Tensor, other_labels: torch.Tensor, ring: int,
               generator: torch.Generator, max_inputs: int = 96, batch: int = 512,
-              sources: dict[str, torch.Tensor] | None = None) -> Intervention:
+              sources: dict[str, torch.Tensor] | None = None,
+              widths: torch.Tensor | None = None) -> Intervention:
     """Transplant each class's candidate features, image by image, onto other-class inputs.
 
     ``images`` (K, N, C, H, W): class-maximising images (sources); ``sources`` optionally gives other
     source images per candidate, (K, P, C, H, W) each (the context probe's); ``others`` (M, C, H, W)
     inputs with labels ``other_labels`` (M,); at most ``max_inputs`` of them are used (seeded
     subsample), split in two halves: one chooses each class's source image, the other measures it.
+    ``widths`` (K, P) optionally gives each frame source its own width (default: ``ring`` for all).
     """
     sources = {cand: (sources or {}).get(cand, images) for cand in CANDIDATES}
     k = images.shape[0]
+    if widths is None:
+        widths = torch.full(sources["frame"].shape[:2], ring, dtype=torch.long)
+    widths = widths.cpu()
     pick = torch.randperm(others.shape[0], generator=generator)[:max_inputs]
     others, other_labels = others[pick.to(others.device)], other_labels[pick.cpu()]
     m = others.shape[0]
@@ -306,6 +332,7 @@ def intervene(model, images: torch.Tensor, others: torch.Tensor, other_labels: t
     base_pred = _predict(model, others, batch)
     flip, mean_flip, source = {}, {}, {}
     control, texture_control, shift_control = np.zeros(k), np.zeros(k), np.zeros(k)
+    frame_width = np.zeros(k, dtype=int)
     for cand in CANDIDATES:
         flip[cand], mean_flip[cand], source[cand] = np.zeros(k), np.zeros(k), np.zeros(k, dtype=int)
     for t in range(k):
@@ -313,27 +340,33 @@ def intervene(model, images: torch.Tensor, others: torch.Tensor, other_labels: t
         choose, measure = eligible & half, eligible & ~half
 
         for cand in CANDIDATES:
-            h = _hits(model, cand, sources[cand][t], others, t, eligible, ring, batch).float()   # (N, M)
+            h = _hits(model, cand, sources[cand][t], others, t, eligible, widths[t] if cand == "frame" else ring,
+                      batch).float()                                                       # (N, M)
             best = int((h[:, choose].sum(1)).argmax())
             flip[cand][t] = float(h[best, measure].sum() / measure.sum().clamp(min=1))
             mean_flip[cand][t] = float(h.sum() / (eligible.sum().clamp(min=1) * h.shape[0]))
             source[cand][t] = best
+        frame_width[t] = int(widths[t, source["frame"][t]])
         for name in (FRAME_CONTROL, FRAME_CONTROL + " further"):
-            ctrl = _hits(model, name, sources["frame"][t, source["frame"][t]][None], others, t, eligible, ring,
-                         batch).float()[0]
+            ctrl = _hits(model, name, sources["frame"][t, source["frame"][t]][None], others, t, eligible,
+                         int(frame_width[t]), batch).float()[0]
             control[t] = max(control[t], float(ctrl[measure].sum() / measure.sum().clamp(min=1)))
         source_texture = sources["background texture"][t, source["background texture"][t]][None]
         for name, out in ((TEXTURE_CONTROL, texture_control), (TEXTURE_SHIFT_CONTROL, shift_control)):
             ctrl = _hits(model, name, source_texture, others, t, eligible, ring, batch).float()[0]
             out[t] = float(ctrl[measure].sum() / measure.sum().clamp(min=1))
     return Intervention(flip=flip, mean_flip=mean_flip, source=source, frame_control=control,
-                        texture_control=texture_control, texture_shift_control=shift_control)
+                        texture_control=texture_control, texture_shift_control=shift_control,
+                        frame_width=frame_width)
 
 
 def _hits(model, cand: str, sources: torch.Tensor, inputs: torch.Tensor, t: int, eligible: torch.Tensor,
-          ring: int, batch: int) -> torch.Tensor:
-    """(S, M) bool: input m, stamped with source s's candidate, is an eligible input sent to class t."""
+          ring: int | torch.Tensor, batch: int) -> torch.Tensor:
+    """(S, M) bool: input m, stamped with source s's candidate, is an eligible input sent to class t.
+    ``ring``: one frame width, or (S,) one per source."""
     s, m = sources.shape[0], inputs.shape[0]
+    if isinstance(ring, torch.Tensor):
+        ring = ring.repeat_interleave(m)
     stamped = transplant(cand, sources.repeat_interleave(m, 0), inputs.repeat(s, 1, 1, 1), ring)
     return (_predict(model, stamped, batch).view(s, m) == t) & eligible[None, :]
 
