@@ -365,12 +365,16 @@ def test_skips_when_the_shape_matched_prior_does_not_fit_the_model():
 @has_digits_prior
 def test_thresholds_come_from_the_prior_calibration_unless_the_user_sets_one(digits_twins):
     calibrated = dict(select_prior((1, 28, 28)).thresholds)
-    assert set(calibrated) == {"frame", "background texture"}, "the bundled digits prior lost its calibration"
+    assert set(calibrated) == {"frame", "background texture", "frame (frame scan)"}, \
+        "the bundled digits prior lost its calibration"
     options = {"fast": "true", "fidelity_stages": "0"}
     default = create("diffusion").run(digits_twins.clean, RunContext(seed=0, options=options))
     assert default.status == "ok", default.reason
     assert all(c.metrics["flip_threshold"] in calibrated.values() for c in default.classes)
     assert "calibrated on clean reference models" in default.description
+    scan = create("diffusion").run(digits_twins.clean, RunContext(seed=0, options={**options, "frame_scan": "true"}))
+    assert {c.metrics["flip_threshold"] for c in scan.classes} <= {calibrated["frame (frame scan)"],
+                                                                    calibrated["background texture"]}
     user = create("diffusion").run(digits_twins.clean, RunContext(seed=0, options=options, threshold=0.05))
     assert all(c.metrics["flip_threshold"] == 0.05 for c in user.classes)
     assert all(c.flagged == (c.metrics["flip_rate"] >= 0.05) for c in user.classes)

@@ -11,9 +11,12 @@ frame or background the model also uses seldom appears in those images. A second
 class is therefore optimised through the same generator so that their *frame alone* carries the class:
 their outer ring, pasted onto unoptimised prior samples the model puts elsewhere (``victims``), must
 send those to the class. The prior can render frames because it was trained with random frames and
-textures mixed in (``auditor.diffusion.prior``). Textures are searched directly: every grey grating
-of a bank (each Fourier frequency with a period of at most 8 px, 8 phases) is pasted onto the victims
-and the ones that send most of them to a class become its texture candidates. The prior could not
+textures mixed in (``auditor.diffusion.prior``). With ``frame_scan`` frames are also searched
+directly: every one-colour frame of a bank (a grid of colours, 1/32 to 1/8 of the shorter side wide)
+is pasted onto the victims, and the 2 that send most of them to a class join its context images, each
+at its own width (a model that learned a wide frame can ignore a 2-px one of the right colour). Textures are searched directly:
+every grey grating of a bank (each Fourier frequency with a period of at most 8 px, 8 phases) is pasted
+onto the victims and the ones that send most of them to a class become its texture candidates. The prior could not
 render the phase-aligned stripes that models learn (a planted stripe texture flipped 58 % of a model's
 inputs at its phase and 0 % with randomised phases), and a pixel-level search finds adversarial
 patterns instead; a grating is neither.
@@ -32,8 +35,10 @@ takes at any phase is therefore not flagged. A class whose candidate flips held-
 at a rate that reaches the candidate's threshold gets the role "spurious feature". The thresholds of a
 bundled prior are calibrated on clean reference models of its domain (``bench/diffusion_calibrate.py``,
 stored in the prior's ``prior.json``); without calibration, or when the user sets one, ``min_flip``
-applies. Clean models take some grating at its phase as strongly as a planted texture (up to 0.97), so
-with both bundled priors the texture candidate is reported but cannot flag.
+applies. Clean models take some grating at its phase as strongly as a planted texture (up to 1.00), so
+with both bundled priors the texture candidate is reported but cannot flag. Clean digits models take
+some wide frame at the border as a 4 or a 5 (up to 0.81), so with ``frame_scan`` the digits prior's
+frame threshold is 0.91, against 0.5 without.
 
 A prior chosen by input shape alone must fit the model: the model must recognise its unoptimised
 samples (mean top probability ≥ ``min_confidence``, spread over ≥ ``min_coverage`` of the classes),
@@ -110,9 +115,11 @@ class DiffusionProbe(Detector):
     prior's images lacked the planted frame of a dev model; 4 through a pipeline), ``latent_weight``
     (1.0, keeps the latent on the Gaussian shell), ``objective`` (cross_entropy; logit or margin keep
     pushing past a won class), ``context_per_class`` (2 frame context images and 2 gratings per class;
-    0 reads the candidates off the class-maximising images instead), ``frame_scan`` (false: also try,
-    per class, the 2 one-colour frames of a colour bank — 33 greys, or 729 RGB colours — that send most
-    victims to the class; bench/RESULTS.md §5, stop 30), ``victims`` (8 inputs the
+    0 reads the candidates off the class-maximising images instead), ``frame_scan`` (false: the context images' 2-px frames only; true: also try, per class, the 2
+    one-colour frames of a bank — 33 greys or 729 RGB colours, each 1/32 to 1/8 of the shorter side
+    wide — that send most victims to the class, with the prior's own ``frame (frame scan)`` threshold;
+    it finds wider frames on shapes, but clean digits models take wide frames too, so the digits
+    threshold rises to 0.91; bench/RESULTS.md §5, stop 30), ``victims`` (8 inputs the
     context probe and the grating scan optimise for: unoptimised prior samples, or --data samples
     kept apart from the measured ones), ``texture_amplitude`` (0.3 in pixel units, 0.6 peak to peak:
     a texture seen at a glance; on a dev model 0.25 gave a best grating of 0.48, 0.3 of 0.54, 0.4 of
@@ -250,7 +257,10 @@ class DiffusionProbe(Detector):
         # unless the user set one; above 1 the candidate cannot be told from what clean models do
         thresholds = {cand: min_flip for cand in CANDIDATES}
         if user_flip is None:
-            thresholds.update({c: v for c, v in gen.thresholds().items() if c in thresholds})
+            calibrated = gen.thresholds()
+            thresholds.update({c: v for c, v in calibrated.items() if c in thresholds})
+            if frame_scan and "frame (frame scan)" in calibrated:  # the scan raises the clean frame null
+                thresholds["frame"] = calibrated["frame (frame scan)"]
         flip_matrix = np.stack([usable[cand] for cand in CANDIDATES], 1)    # (K, candidates)
         ratio = flip_matrix / np.array([max(thresholds[cand], 1e-6) for cand in CANDIDATES])[None, :]
         best_cand = ratio.argmax(1)

@@ -295,6 +295,7 @@ class Intervention:
     chosen frame source's flip rate moved inward (the larger of two positions, same held-out half);
     ``texture_control`` the chosen texture source's with its texture replaced by plain noise,
     ``texture_shift_control`` with its texture shifted by half a period.
+    ``frame_width``: the chosen frame source's width (the control moves a frame of that width).
     """
 
     flip: dict[str, np.ndarray]
@@ -303,7 +304,7 @@ class Intervention:
     frame_control: np.ndarray
     texture_control: np.ndarray
     texture_shift_control: np.ndarray
-    frame_width: np.ndarray        # the chosen frame source's width in px
+    frame_width: np.ndarray
 
 
 @torch.no_grad()
