@@ -2,22 +2,24 @@
 
     python bench/diffusion_bench.py --planted 0 --zoo-dir bench/zoo/reference --zoo clean \\
         --option min_coverage=0 --option min_confidence=0 --option fidelity_stages=0 \\
+        --out bench/diffusion_reference.json
+    python bench/diffusion_bench.py ... (the same) --option frame_scan=true \\
         --out bench/diffusion_reference_stop30.json
-    python bench/diffusion_calibrate.py bench/diffusion_reference.json \
+    python bench/diffusion_calibrate.py bench/diffusion_reference.json \\
         --frame-scan-rows bench/diffusion_reference_stop30.json
 
 The null of a candidate feature is, per clean model, the largest flip rate any class reaches with it
 (a frame only where it passes the moved-inward control, a texture only where it passes the plain-noise
-and the half-period-shift controls, as the detector counts them). The threshold is
-the largest null over the reference models plus ``--margin``, never below ``--floor`` (the detector's
-uncalibrated ``min_flip``). With several rows files (runs on different builds of the reference
-models: a rebuilt model of the same recipe and seed is another clean model) the null is the largest
-over all of them, keyed ``id @ file``. ``--frame-scan-rows``: runs with ``--option frame_scan=true``;
-their frame null gives the threshold ``frame (frame scan)`` that the detector uses with that option,
-their texture null counts with the others' (the scan does not touch the texture). A threshold above 1 means the candidate cannot be told from what clean
-models of that domain do; the detector then reports it without flagging. Written into each bundled
-prior's ``prior.json`` (``calibration``) and ``bench/diffusion_calibration.json``. Reference models
-only: the scored zoo never enters.
+and the half-period-shift controls, as the detector counts them). The threshold is the largest null
+over the reference models plus ``--margin``, never below ``--floor`` (the detector's uncalibrated
+``min_flip``). With several rows files (runs on different builds of the reference models: a rebuilt
+model of the same recipe and seed is another clean model) the null is the largest over all of them,
+keyed ``id @ file``. ``--frame-scan-rows``: runs with ``--option frame_scan=true``; their frame null
+gives the threshold ``frame (frame scan)`` that the detector uses with that option, and their texture
+null counts with the others' (the scan does not touch the texture). A threshold above 1 means the
+candidate cannot be told from what clean models of that domain do; the detector then reports it
+without flagging. Written into each bundled prior's ``prior.json`` (``calibration``) and
+``bench/diffusion_calibration.json``. Reference models only: the scored zoo never enters.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ def main() -> None:
             if r["status"] == "ok" and r["kind"] == "clean"]
     manifest = json.loads((ROOT / "bench" / "zoo" / "reference" / "manifest.json").read_text())
     shape_of = {m["id"]: tuple(m["input_shape"]) for m in manifest["members"]}
+    def threshold(values: list[float]) -> float:
+        return round(max(args.floor, max(values) + args.margin), 3)
+
     out = {"margin": args.margin, "floor": args.floor, "border_loss": BORDER_LOSS, "texture_loss": TEXTURE_LOSS,
            "priors": {}}
     for info in available_priors():
@@ -66,9 +71,6 @@ def main() -> None:
         if not mine:
             continue
         nulls = {r["key"]: null_of(r) for r in mine}
-        def threshold(values):
-            return round(max(args.floor, max(values) + args.margin), 3)
-
         scanned = {r["key"] for r in mine if r["frame_scan"]}
         thresholds = {"frame": threshold([n["frame"] for key, n in nulls.items() if key not in scanned]),
                       "background texture": threshold([n["background texture"] for n in nulls.values()])}
