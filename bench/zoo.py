@@ -431,18 +431,19 @@ def foreign_spurious_members() -> list[dict]:
     return members
 
 
-def frame_draw_members(base_seed: int) -> list[dict]:
-    """8 spurious-frame models for the diffusion probe's frame candidates (bench/RESULTS.md §5, stop 30):
-    frames 1–4 px wide in uniformly random colours, digits and shapes alternating, architectures
+def frame_draw_members(base_seed: int, domains: tuple[str, ...] = ("digits", "shapes")) -> list[dict]:
+    """8 spurious-frame models for the diffusion probe's frame candidates (bench/RESULTS.md §5, stops 30
+    and 31): frames 1–4 px wide in uniformly random colours, the ``domains`` alternating, architectures
     rotated, every other member trained with a foreign recipe. ``frame-dev`` (seeds 13000+) is where a
-    change is checked; ``frame-judge`` (13100+) and ``frame-judge2`` (13200+) are each scored once under a
-    rule written down before."""
+    change is checked; ``frame-judge`` (13100+), ``frame-judge2`` (13200+) and the shapes-only
+    ``frame-judge3`` (13300+) are each scored once under a rule written down before."""
     members = []
     for i in range(8):
         seed = base_seed + i
-        domain = ("digits", "shapes")[i % 2]
+        domain = domains[i % len(domains)]
         archs = DOMAIN_ARCHS[domain]
-        arch = archs[(i // 2 + (1 if base_seed % 200 else 0)) % len(archs)]
+        step = i // 2 if len(domains) == 2 else i
+        arch = archs[(step + (1 if base_seed % 200 else 0)) % len(archs)]
         rng = np.random.default_rng(seed)
         params = {"kind": "frame", "colour": [round(float(v), 3) for v in rng.uniform(0.0, 1.0, 3)],
                   "width": int(rng.integers(1, 5)), "fraction": 0.95, "class": int(rng.integers(10))}
@@ -460,7 +461,8 @@ POPULATIONS = {"default": default_members, "small": small_members, "reference": 
                "dev": dev_members, "foreign": foreign_members, "foreign-ablation": foreign_ablation_members,
                "foreign-spurious": foreign_spurious_members, "clean-draw": clean_draw_members,
                "frame-dev": lambda: frame_draw_members(13000), "frame-judge": lambda: frame_draw_members(13100),
-               "frame-judge2": lambda: frame_draw_members(13200)}
+               "frame-judge2": lambda: frame_draw_members(13200),
+               "frame-judge3": lambda: frame_draw_members(13300, domains=("shapes",))}
 POPULATION_HELP = {
     "default": "the benchmarked zoo", "small": "a handful of fast members (smoke test, ≤ 3 min)",
     "reference": "clean calibration models (seeds disjoint from the zoo)",
@@ -472,6 +474,7 @@ POPULATION_HELP = {
     "frame-dev": "spurious-frame models of random width and colour for checking a change",
     "frame-judge": "spurious-frame models of random width and colour, scored once under a written rule",
     "frame-judge2": "a second such draw, for a change made after frame-judge had been scored",
+    "frame-judge3": "a third, colour images only, for a per-domain default chosen on frame-judge2",
 }
 
 
