@@ -5,7 +5,9 @@
         --out bench/diffusion_reference.json
     python bench/diffusion_bench.py ... (the same) --option frame_scan=true \\
         --out bench/diffusion_reference_stop30.json
-    python bench/diffusion_calibrate.py bench/diffusion_reference.json \\
+    python bench/diffusion_bench.py ... (the first command again, on today's build of the reference
+        models) --out bench/diffusion_reference_stop31.json
+    python bench/diffusion_calibrate.py bench/diffusion_reference.json bench/diffusion_reference_stop31.json \\
         --frame-scan-rows bench/diffusion_reference_stop30.json
 
 The null of a candidate feature is, per clean model, the largest flip rate any class reaches with it

@@ -329,6 +329,16 @@ def test_frame_scan_finds_the_frame_colour_and_width_a_model_takes(channels):
     assert model(transplant("frame", best[2, :1], victims[:1], ring=2)).argmax(1).item() != 2
 
 
+def test_frame_scan_option_is_auto_true_or_false():
+    from auditor.detectors.diffusion import frame_scan_wanted
+    from auditor.errors import OptionError
+
+    assert frame_scan_wanted("auto", 3) and not frame_scan_wanted("auto", 1)
+    assert frame_scan_wanted("True", 1) and not frame_scan_wanted("off", 3)
+    with pytest.raises(OptionError, match="auto, true or false"):
+        frame_scan_wanted("sometimes", 3)
+
+
 def test_intervention_measures_each_frame_source_at_its_own_width():
     from auditor.diffusion.readout import intervene
 

@@ -38,7 +38,7 @@ stored in the prior's ``prior.json``); without calibration, or when the user set
 applies. Clean models take some grating at its phase as strongly as a planted texture (up to 1.00), so
 with both bundled priors the texture candidate is reported but cannot flag. Clean digits models take
 some wide frame at the border as a 4 or a 5 (up to 0.81), so with ``frame_scan`` the digits prior's
-frame threshold is 0.91, against 0.5 without.
+frame threshold is 0.91, against 0.505 without.
 
 A prior chosen by input shape alone must fit the model: the model must recognise its unoptimised
 samples (mean top probability ≥ ``min_confidence``, spread over ≥ ``min_coverage`` of the classes),
@@ -83,6 +83,22 @@ from auditor.diffusion.readout import (
 from auditor.errors import DetectorSkip, OptionError
 from auditor.stats import leave_one_out_z
 from auditor.target import ModelTarget
+
+
+#: ``frame_scan``: ``auto`` scans frames for colour inputs only, ``true``/``false`` force it
+FRAME_SCAN_DEFAULT = "false"
+
+
+def frame_scan_wanted(value: str, channels: int) -> bool:
+    """Whether the colour × width frame scan runs, from the option's value and the input's channels."""
+    value = value.strip().lower()
+    if value == "auto":
+        return channels == 3
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise OptionError(f"option frame_scan={value!r} must be auto, true or false")
 
 
 @register(
@@ -160,7 +176,8 @@ class DiffusionProbe(Detector):
         context_per_class = int(context.option("context_per_class", 2))
         n_victims = int(context.option("victims", 8))
         texture_amplitude = float(context.option("texture_amplitude", 0.3))
-        frame_scan = bool(context.option("frame_scan", False))
+        c, h, w = target.spec.shape
+        frame_scan = frame_scan_wanted(str(context.option("frame_scan", FRAME_SCAN_DEFAULT)), c)
         if objective not in OBJECTIVES:
             raise OptionError(f"option objective={objective!r} must be one of {', '.join(OBJECTIVES)}")
         user_flip = context.threshold if context.threshold is not None else (
@@ -176,7 +193,6 @@ class DiffusionProbe(Detector):
         min_coverage = float(context.option("min_coverage", 0.2))
         min_confidence = float(context.option("min_confidence", 0.5))
         k = target.num_classes
-        c, h, w = target.spec.shape
         ring = int(context.option("ring", 0)) or max(2, round(min(h, w) / 14))
         device = target.device
 
