@@ -11,8 +11,8 @@ frame or background the model also uses seldom appears in those images. A second
 class is therefore optimised through the same generator so that their *frame alone* carries the class:
 their outer ring, pasted onto unoptimised prior samples the model puts elsewhere (``victims``), must
 send those to the class. The prior can render frames because it was trained with random frames and
-textures mixed in (``auditor.diffusion.prior``). With ``frame_scan`` frames are also searched
-directly: every one-colour frame of a bank (a grid of colours, 1/32 to 1/8 of the shorter side wide)
+textures mixed in (``auditor.diffusion.prior``). With the frame scan (``frame_scan``: by default on
+for colour inputs, off for greyscale ones) frames are also searched directly: every one-colour frame of a bank (a grid of colours, 1/32 to 1/8 of the shorter side wide)
 is pasted onto the victims, and the 2 that send most of them to a class join its context images, each
 at its own width (a model that learned a wide frame can ignore a 2-px one of the right colour). Textures are searched directly:
 every grey grating of a bank (each Fourier frequency with a period of at most 8 px, 8 phases) is pasted
@@ -37,8 +37,10 @@ bundled prior are calibrated on clean reference models of its domain (``bench/di
 stored in the prior's ``prior.json``); without calibration, or when the user sets one, ``min_flip``
 applies. Clean models take some grating at its phase as strongly as a planted texture (up to 1.00), so
 with both bundled priors the texture candidate is reported but cannot flag. Clean digits models take
-some wide frame at the border as a 4 or a 5 (up to 0.81), so with ``frame_scan`` the digits prior's
-frame threshold is 0.91, against 0.505 without.
+some wide frame at the border as a 4 or a 5 (up to 0.81), so with the scan the digits prior's
+frame threshold would be 0.91, against 0.505 without: the scan is therefore off by default for
+greyscale inputs and on for colour ones, where it found the true class of 6 of 8 fresh spurious-frame
+models against 4 of 8 without it, and flagged none of 16 clean ones (bench/RESULTS.md §5, stop 31).
 
 A prior chosen by input shape alone must fit the model: the model must recognise its unoptimised
 samples (mean top probability ≥ ``min_confidence``, spread over ≥ ``min_coverage`` of the classes),
@@ -85,8 +87,10 @@ from auditor.stats import leave_one_out_z
 from auditor.target import ModelTarget
 
 
-#: ``frame_scan``: ``auto`` scans frames for colour inputs only, ``true``/``false`` force it
-FRAME_SCAN_DEFAULT = "false"
+#: ``frame_scan``: ``auto`` scans frames for colour inputs only (on greyscale digits clean models take wide
+#: frames too, so the scan's threshold is 0.91 there and it lost digits frames; bench/RESULTS.md §5, stop 31);
+#: ``true``/``false`` force it
+FRAME_SCAN_DEFAULT = "auto"
 
 
 def frame_scan_wanted(value: str, channels: int) -> bool:
@@ -131,11 +135,12 @@ class DiffusionProbe(Detector):
     prior's images lacked the planted frame of a dev model; 4 through a pipeline), ``latent_weight``
     (1.0, keeps the latent on the Gaussian shell), ``objective`` (cross_entropy; logit or margin keep
     pushing past a won class), ``context_per_class`` (2 frame context images and 2 gratings per class;
-    0 reads the candidates off the class-maximising images instead), ``frame_scan`` (false: the context images' 2-px frames only; true: also try, per class, the 2
-    one-colour frames of a bank — 33 greys or 729 RGB colours, each 1/32 to 1/8 of the shorter side
-    wide — that send most victims to the class, with the prior's own ``frame (frame scan)`` threshold;
-    it finds wider frames on shapes, but clean digits models take wide frames too, so the digits
-    threshold rises to 0.91; bench/RESULTS.md §5, stop 30), ``victims`` (8 inputs the
+    0 reads the candidates off the class-maximising images instead), ``frame_scan`` (auto: on for colour inputs, off for greyscale ones; true: also try, per
+    class, the 2 one-colour frames of a bank — 33 greys or 729 RGB colours, each 1/32 to 1/8 of the
+    shorter side wide — that send most victims to the class, with the prior's own ``frame (frame
+    scan)`` threshold; false: the context images' 2-px frames only. It finds wider frames on shapes,
+    but clean digits models take wide frames too, so the digits threshold rises to 0.91;
+    bench/RESULTS.md §5, stops 30–31), ``victims`` (8 inputs the
     context probe and the grating scan optimise for: unoptimised prior samples, or --data samples
     kept apart from the measured ones), ``texture_amplitude`` (0.3 in pixel units, 0.6 peak to peak:
     a texture seen at a glance; on a dev model 0.25 gave a best grating of 0.48, 0.3 of 0.54, 0.4 of
