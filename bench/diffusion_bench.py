@@ -64,6 +64,7 @@ def summarise(mid, kind, result, truth, true_flip, seconds):
             "flagged_candidates": [result.classes[c].description.split(":")[1].split("(")[0].strip()
                                    for c in result.flagged_classes],
             "prior_class_coverage": round(result.metrics["prior_class_coverage"], 3),
+            "frame_scan": bool(result.metrics["frame_scan"]),
             "class_flips": {f"{c.index}": {k.removeprefix("flip_rate_"): round(v, 3) for k, v in c.metrics.items()
                                            if k.startswith("flip_rate_")} for c in result.classes},
             "randomisation_spearman": [round(v, 3) for v in result.fidelity["spearman"]],

@@ -33,9 +33,18 @@ BORDER_LOSS = 0.5
 TEXTURE_LOSS = 0.5
 
 
+def row_thresholds(row: dict, thresholds: dict[str, float]) -> dict[str, float]:
+    """A prior's thresholds as the row's scan used them: a row made with the frame scan (recorded since
+    stop 31; earlier rows had it off unless their file says otherwise) uses the scan's frame threshold."""
+    if row.get("frame_scan") and "frame (frame scan)" in thresholds:
+        return {**thresholds, "frame": thresholds["frame (frame scan)"]}
+    return thresholds
+
+
 def score_of(row: dict, thresholds: dict[str, float]) -> float:
     if "model_score" in row:
         return row["model_score"]
+    thresholds = row_thresholds(row, thresholds)
     best = 0.0
     for c in row["class_flips"].values():
         frame = c["frame"] if c["frame_moved_inward"] <= BORDER_LOSS * c["frame"] else 0.0
@@ -45,6 +54,7 @@ def score_of(row: dict, thresholds: dict[str, float]) -> float:
 
 def rescore(row: dict, thresholds: dict[str, float]) -> None:
     """The detector's flag rule on the row's per-class flip rates and controls, in place."""
+    thresholds = row_thresholds(row, thresholds)
     flagged, candidates, best = [], [], 0.0
     for cls, c in row["class_flips"].items():
         usable = {"frame": c["frame"] if c["frame_moved_inward"] <= BORDER_LOSS * c["frame"] else 0.0,

@@ -86,7 +86,6 @@ from auditor.errors import DetectorSkip, OptionError
 from auditor.stats import leave_one_out_z
 from auditor.target import ModelTarget
 
-
 #: ``frame_scan``: ``auto`` scans frames for colour inputs only (on greyscale digits clean models take wide
 #: frames too, so the scan's threshold is 0.91 there and it lost digits frames; bench/RESULTS.md §5, stop 31);
 #: ``true``/``false`` force it
@@ -399,7 +398,7 @@ class DiffusionProbe(Detector):
             model_score=model_score, classes=tuple(classes), description=description, threshold=0.5,
             metrics={"mean_activation_score": float(activation.mean()), "max_flip_rate": max_flip,
                      "prior_class_coverage": coverage, "prior_sample_confidence": confidence,
-                     "prior_dominated": float(fidelity["prior_dominated"])},
+                     "prior_dominated": float(fidelity["prior_dominated"]), "frame_scan": float(frame_scan)},
             fidelity=fidelity,
         )
 
