@@ -70,6 +70,8 @@ def test_probe_loop_runs_on_tiny_local_pipeline_and_ranks_concepts(tmp_path):
     result = create("diffusion").run(target, RunContext(seed=0, options=options))
     assert result.status == "ok", result.reason
     assert len(result.classes) == 3 and "soft-prompt" in result.description
+    # colour input: the frame scan runs by default
+    assert result.metrics["frame_scan"] == 1.0 and "one-colour frames per class" in result.description
     assert "CLIP concepts" in result.classes[0].description
     assert result.fidelity is not None and len(result.fidelity["spearman"]) == 1
 
@@ -380,6 +382,7 @@ def test_thresholds_come_from_the_prior_calibration_unless_the_user_sets_one(dig
     options = {"fast": "true", "fidelity_stages": "0"}
     default = create("diffusion").run(digits_twins.clean, RunContext(seed=0, options=options))
     assert default.status == "ok", default.reason
+    assert default.metrics["frame_scan"] == 0.0, "the frame scan is off by default for greyscale inputs"
     assert all(c.metrics["flip_threshold"] in calibrated.values() for c in default.classes)
     assert "calibrated on clean reference models" in default.description
     scan = create("diffusion").run(digits_twins.clean, RunContext(seed=0, options={**options, "frame_scan": "true"}))

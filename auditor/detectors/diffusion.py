@@ -12,9 +12,10 @@ class is therefore optimised through the same generator so that their *frame alo
 their outer ring, pasted onto unoptimised prior samples the model puts elsewhere (``victims``), must
 send those to the class. The prior can render frames because it was trained with random frames and
 textures mixed in (``auditor.diffusion.prior``). With the frame scan (``frame_scan``: by default on
-for colour inputs, off for greyscale ones) frames are also searched directly: every one-colour frame of a bank (a grid of colours, 1/32 to 1/8 of the shorter side wide)
-is pasted onto the victims, and the 2 that send most of them to a class join its context images, each
-at its own width (a model that learned a wide frame can ignore a 2-px one of the right colour). Textures are searched directly:
+for colour inputs, off for greyscale ones) frames are also searched directly: every one-colour frame
+of a bank (a grid of colours, 1/32 to 1/8 of the shorter side wide) is pasted onto the victims, and
+the 2 that send most of them to a class join its context images, each at its own width (a model
+that learned a wide frame can ignore a 2-px one of the right colour). Textures are searched directly:
 every grey grating of a bank (each Fourier frequency with a period of at most 8 px, 8 phases) is pasted
 onto the victims and the ones that send most of them to a class become its texture candidates. The prior could not
 render the phase-aligned stripes that models learn (a planted stripe texture flipped 58 % of a model's
@@ -134,13 +135,13 @@ class DiffusionProbe(Detector):
     prior's images lacked the planted frame of a dev model; 4 through a pipeline), ``latent_weight``
     (1.0, keeps the latent on the Gaussian shell), ``objective`` (cross_entropy; logit or margin keep
     pushing past a won class), ``context_per_class`` (2 frame context images and 2 gratings per class;
-    0 reads the candidates off the class-maximising images instead), ``frame_scan`` (auto: on for colour inputs, off for greyscale ones; true: also try, per
-    class, the 2 one-colour frames of a bank — 33 greys or 729 RGB colours, each 1/32 to 1/8 of the
-    shorter side wide — that send most victims to the class, with the prior's own ``frame (frame
-    scan)`` threshold; false: the context images' 2-px frames only. It finds wider frames on shapes,
-    but clean digits models take wide frames too, so the digits threshold rises to 0.91;
-    bench/RESULTS.md §5, stops 30–31), ``victims`` (8 inputs the
-    context probe and the grating scan optimise for: unoptimised prior samples, or --data samples
+    0 reads the candidates off the class-maximising images instead), ``frame_scan`` (auto: on for
+    colour inputs, off for greyscale ones; true: also try, per class, the 2 one-colour frames of a
+    bank — 33 greys or 729 RGB colours, each 1/32 to 1/8 of the shorter side wide — that send most
+    victims to the class, with the prior's own ``frame (frame scan)`` threshold; false: the context
+    images' 2-px frames only. It finds wider frames on shapes, but clean digits models take wide
+    frames too, so the digits threshold rises to 0.91; bench/RESULTS.md §5, stops 30–31),
+    ``victims`` (8 inputs the context probe and the grating scan optimise for: unoptimised prior samples, or --data samples
     kept apart from the measured ones), ``texture_amplitude`` (0.3 in pixel units, 0.6 peak to peak:
     a texture seen at a glance; on a dev model 0.25 gave a best grating of 0.48, 0.3 of 0.54, 0.4 of
     0.51), ``ring`` (0 = max(2, H/14) px frame width),
