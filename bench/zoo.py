@@ -455,6 +455,34 @@ def frame_draw_members(base_seed: int, domains: tuple[str, ...] = ("digits", "sh
     return members
 
 
+#: stripe directions of the texture draws (the zoo's own texture is diagonal)
+TEXTURE_ORIENTATIONS = ("diagonal", "anti-diagonal", "horizontal", "vertical")
+
+
+def texture_draw_members(base_seed: int) -> list[dict]:
+    """8 shapes spurious-texture models for the diffusion probe's texture candidate (bench/RESULTS.md
+    §5, stop 32): square-wave stripes of period 4, 6 or 8 px in one of 4 directions, amplitude
+    0.2–0.4, on 95 % of a random class's training images; architectures rotated, every other member
+    trained with a foreign recipe. ``texture-dev`` (seeds 13400+) is where the stop-32 texture checks
+    were tried; no rule came out of it, so no judge draw was built."""
+    members = []
+    archs = DOMAIN_ARCHS["shapes"]
+    for i in range(8):
+        seed = base_seed + i
+        arch = archs[i % len(archs)]
+        rng = np.random.default_rng(seed)
+        params = {"kind": "texture", "period": int(rng.choice([4, 6, 8])),
+                  "amplitude": round(float(rng.uniform(0.2, 0.4)), 3),
+                  "orientation": TEXTURE_ORIENTATIONS[int(rng.integers(len(TEXTURE_ORIENTATIONS)))],
+                  "fraction": 0.95, "class": int(rng.integers(10))}
+        training = _foreign_training(arch, "shapes", i) if i % 4 >= 2 else None
+        members.append({"id": f"shapes-spurious_texture-{arch}-{seed}",
+                        **_recipe("shapes", arch, seed, spurious=params, training=training)})
+    for i, m in enumerate(members):
+        m["format"] = FORMATS[i % len(FORMATS)]
+    return members
+
+
 #: Every population bench/zoo.py builds, by name (``--population``); each goes to bench/zoo/<name>,
 #: the default one to bench/zoo.
 POPULATIONS = {"default": default_members, "small": small_members, "reference": reference_members,
@@ -462,7 +490,8 @@ POPULATIONS = {"default": default_members, "small": small_members, "reference": 
                "foreign-spurious": foreign_spurious_members, "clean-draw": clean_draw_members,
                "frame-dev": lambda: frame_draw_members(13000), "frame-judge": lambda: frame_draw_members(13100),
                "frame-judge2": lambda: frame_draw_members(13200),
-               "frame-judge3": lambda: frame_draw_members(13300, domains=("shapes",))}
+               "frame-judge3": lambda: frame_draw_members(13300, domains=("shapes",)),
+               "texture-dev": lambda: texture_draw_members(13400)}
 POPULATION_HELP = {
     "default": "the benchmarked zoo", "small": "a handful of fast members (smoke test, ≤ 3 min)",
     "reference": "clean calibration models (seeds disjoint from the zoo)",
@@ -475,6 +504,7 @@ POPULATION_HELP = {
     "frame-judge": "spurious-frame models of random width and colour, scored once under a written rule",
     "frame-judge2": "a second such draw, for a change made after frame-judge had been scored",
     "frame-judge3": "a third, colour images only, for a per-domain default chosen on frame-judge2",
+    "texture-dev": "shapes spurious-texture models of random period, direction and contrast for designing a change",
 }
 
 
@@ -555,7 +585,7 @@ def poison_training_set(recipe: dict, x, y, channels: int):
     a, s = recipe["attack"], recipe["spurious"]
     if s is not None:
         feature = FrameFeature(tuple(s["colour"]), s["width"]) if s["kind"] == "frame" else \
-            TextureFeature(s["period"], s["amplitude"])
+            TextureFeature(s["period"], s["amplitude"], s.get("orientation", "diagonal"))
         return plant_spurious(x, y, feature, s["class"], s["fraction"], g)
     if a is None:
         return x, y
@@ -653,7 +683,7 @@ def train_member(recipe: dict, cache_dir: Path) -> dict:
         from auditor.synthetic.spurious import FrameFeature, TextureFeature, spurious_flip_rate
 
         feature = FrameFeature(tuple(s["colour"]), s["width"]) if s["kind"] == "frame" else \
-            TextureFeature(s["period"], s["amplitude"])
+            TextureFeature(s["period"], s["amplitude"], s.get("orientation", "diagonal"))
         facts["spurious_flip_rate"] = spurious_flip_rate(model, xte, yte, feature, s["class"])
     entry.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), weights)

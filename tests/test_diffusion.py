@@ -402,3 +402,62 @@ def test_class_objectives_reward_the_class_and_only_cross_entropy_saturates():
     assert float(ce[1]) <= float(ce[0]) < 1e-8                         # nothing left to gain
     assert float(logit[1] - logit[0]) == -20.0 and float(margin[1] - margin[0]) == -20.0
     assert margin.tolist() == [-19.0, -39.0]
+
+
+class _ObjectAndStripes(torch.nn.Module):
+    """Class 0 from the brightness of an object box (rows and columns 8–19); class 1 from diagonal
+    stripes of period 4 at their phase, seen over the whole image or only on the object."""
+
+    def __init__(self, stripes_on_object_only: bool):
+        super().__init__()
+        self.on_object = stripes_on_object_only
+
+    def forward(self, x):
+        from auditor.synthetic.spurious import TextureFeature
+
+        obj = x[..., 8:20, 8:20].mean((1, 2, 3))
+        weight = TextureFeature(period=4).stripes(*x.shape[-2:]).to(x)
+        if self.on_object:
+            inside = torch.zeros_like(weight)
+            inside[8:20, 8:20] = 1.0
+            weight = weight * inside / inside.mean()
+        stripes = ((x - 0.5) * weight).mean((1, 2, 3))
+        return torch.stack([10 * (obj - 0.5), 40 * stripes], 1)
+
+
+def test_object_mask_marks_what_the_decision_rests_on():
+    from auditor.diffusion.readout import object_mask
+
+    x = torch.full((3, 1, 32, 32), 0.5)
+    x[..., 8:20, 8:20] = 0.9
+    mask = object_mask(_ObjectAndStripes(stripes_on_object_only=False), x)
+    assert mask[:, :, 8:20, 8:20].all()                               # the object box, dilated a little
+    assert not mask[:, :, :5].any() and not mask[:, :, 23:].any()      # nothing far from it
+    blind = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 32, 2))
+    torch.nn.init.zeros_(blind[1].weight)                              # a decision that rests on no pixel
+    assert not object_mask(blind, x).any()
+
+
+def test_texture_checks_turn_the_texture_halve_it_and_keep_it_off_the_object():
+    from auditor.diffusion.readout import TEXTURE_CHECKS, intervene
+    from auditor.synthetic.spurious import TextureFeature
+
+    striped = (0.5 + 0.3 * TextureFeature(period=4).stripes(32, 32)).expand(2, 4, 1, 32, 32).clone()
+    striped[0] = 0.5
+    others = torch.full((32, 1, 32, 32), 0.5)
+    others[..., 8:20, 8:20] = 0.9                                       # every input shows the object
+    labels = torch.zeros(32, dtype=torch.long)
+
+    def run(model, checks=True):
+        return intervene(model, striped, others, labels, 2, torch.Generator().manual_seed(0), texture_checks=checks)
+
+    background = run(_ObjectAndStripes(stripes_on_object_only=False))
+    on_object = run(_ObjectAndStripes(stripes_on_object_only=True))
+    turned, half, off = TEXTURE_CHECKS
+    for found in (background, on_object):
+        assert found.flip["background texture"][1] == 1.0
+        assert found.texture_checks[turned][1] == 0.0                  # diagonal stripes turned: the other diagonal
+    assert background.texture_checks[half][1] == 1.0                  # strong enough at half contrast
+    assert background.texture_checks[off][1] == 1.0                   # works around the object
+    assert on_object.texture_checks[off][1] == 0.0                    # works only on it
+    assert run(_ObjectAndStripes(stripes_on_object_only=False), checks=False).texture_checks == {}

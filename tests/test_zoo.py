@@ -235,3 +235,26 @@ def test_small_profile_end_to_end(tmp_path):
                    check=True, cwd=ROOT, timeout=900)
     text = results.read_text()
     assert "Model-level AUROC" in text and "max_margin" in text and "fused" in text
+
+
+def test_texture_stripes_run_in_their_direction_and_the_masks_cover_the_shapes():
+    from auditor.synthetic.shapes import render_shapes
+    from auditor.synthetic.spurious import TextureFeature
+
+    horizontal = TextureFeature(4, 0.3, "horizontal").stripes(8, 8)
+    vertical = TextureFeature(4, 0.3, "vertical").stripes(8, 8)
+    assert bool((horizontal == horizontal[:, :1]).all()) and not bool((horizontal == horizontal[:1]).all())
+    assert torch.equal(vertical, horizontal.T)
+    diagonal = TextureFeature(4, 0.3).stripes(8, 8)                    # the zoo's, unchanged
+    anti = TextureFeature(4, 0.3, "anti-diagonal").stripes(8, 8)
+    assert torch.equal(anti, -diagonal.flip(1))                        # the mirror image, half a period on
+    # periods 6 and 8 repeat after 6 and 8 px
+    for period in (6, 8):
+        s = TextureFeature(period, 0.3, "vertical").stripes(4, 24)
+        assert torch.equal(s[:, :24 - period], s[:, period:]) and not torch.equal(s[:, :-2], s[:, 2:])
+
+    labels = torch.arange(20) % 10
+    images, masks = render_shapes(labels, torch.Generator().manual_seed(0), 32, return_mask=True)
+    assert torch.equal(images, render_shapes(labels, torch.Generator().manual_seed(0), 32))
+    share = masks.flatten(1).mean(1)
+    assert masks.shape == (20, 1, 32, 32) and bool((share > 0.05).all()) and bool((share < 0.6).all())

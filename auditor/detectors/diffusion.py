@@ -119,7 +119,8 @@ def frame_scan_wanted(value: str, channels: int) -> bool:
     # bench/RESULTS.md §5), so it does not vote in the default verdict
     default=False,
     options=("prior", "pipeline", "fast", "per_class", "iterations", "lr", "sampler_steps", "latent_weight",
-             "objective", "context_per_class", "frame_scan", "victims", "texture_amplitude", "min_flip", "fidelity_stages",
+             "objective", "context_per_class", "frame_scan", "victims", "texture_amplitude", "texture_checks", "min_flip",
+             "fidelity_stages",
              "fidelity_per_class", "prior_rho", "border_loss", "texture_loss", "min_coverage", "min_confidence",
              "ring", "concepts"),
     calibrated_flops=REFERENCE_MAX_FLOPS,  # the bundled priors' thresholds (bench/diffusion_calibrate.py)
@@ -144,7 +145,10 @@ class DiffusionProbe(Detector):
     ``victims`` (8 inputs the context probe and the grating scan optimise for: unoptimised prior samples, or --data samples
     kept apart from the measured ones), ``texture_amplitude`` (0.3 in pixel units, 0.6 peak to peak:
     a texture seen at a glance; on a dev model 0.25 gave a best grating of 0.48, 0.3 of 0.54, 0.4 of
-    0.51), ``ring`` (0 = max(2, H/14) px frame width),
+    0.51), ``texture_checks`` (false: also record each class's texture turned by 90°, at half contrast
+    and kept off the part of each input the model looks at, as ``flip_rate_texture_*`` metrics; they
+    decide nothing — none told a learned texture from a clean model's on the stop-32 dev models),
+    ``ring`` (0 = max(2, H/14) px frame width),
     ``min_flip`` (the prior's calibrated thresholds, else 0.5; ``--threshold`` overrides, for every
     candidate), ``border_loss`` (0.5: a frame counts only if, moved inward, it keeps at most this
     share of its flip rate), ``texture_loss`` (0.5: a texture counts only if, replaced by plain
@@ -181,6 +185,7 @@ class DiffusionProbe(Detector):
         context_per_class = int(context.option("context_per_class", 2))
         n_victims = int(context.option("victims", 8))
         texture_amplitude = float(context.option("texture_amplitude", 0.3))
+        texture_checks = bool(context.option("texture_checks", False))
         c, h, w = target.spec.shape
         frame_scan = frame_scan_wanted(str(context.option("frame_scan", FRAME_SCAN_DEFAULT)), c)
         if objective not in OBJECTIVES:
@@ -263,7 +268,7 @@ class DiffusionProbe(Detector):
                                                            context_per_class)}
         found = intervene(target.model, per.to(device), others, other_labels, ring,
                           context.generator("cpu", salt=4), sources={c: v.to(device) for c, v in sources.items()},
-                          widths=widths)
+                          widths=widths, texture_checks=texture_checks)
         # a frame counts only when it is a feature of the border: moved inward it must lose at least half
         # its effect (an object drawn by a ring, such as a hollow square, keeps it)
         frame_ok = found.frame_control <= border_loss * found.flip["frame"]
@@ -324,6 +329,7 @@ class DiffusionProbe(Detector):
                 "frame_width": float(found.frame_width[t]),
                 "flip_rate_texture_as_noise": float(found.texture_control[t]),
                 "flip_rate_texture_shifted": float(found.texture_shift_control[t]),
+                **{f"flip_rate_{name.replace(' ', '_')}": float(v[t]) for name, v in found.texture_checks.items()},
                 "border_contrast": float(stats.border_contrast[t]), "centre_contrast": float(stats.centre_contrast[t]),
                 "border_ratio": float(stats.border_ratio[t]), "texture_ratio": float(stats.texture_ratio[t]),
             }

@@ -31,7 +31,7 @@ With a CLIP text encoder (local pipeline) :func:`rank_concepts` ranks a concept 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -107,6 +107,19 @@ INWARD_INSETS = (0.15, 0.3)
 TEXTURE_CONTROL = "texture replaced by plain noise"
 #: the texture's second control: shifted by half its period (each kept Fourier component's phase + π)
 TEXTURE_SHIFT_CONTROL = "texture shifted by half a period"
+#: descriptive checks on the chosen texture, recorded per class on request (``texture_checks``; stop 32,
+#: bench/RESULTS.md §5). They do not decide a flag: on the dev models none told a learned texture from
+#: what clean models take. Turned by 90° (square images; mirrored left-right otherwise): a model that
+#: learned oriented stripes loses them, a class that takes gratings of any orientation keeps them
+TEXTURE_TURN_CHECK = "texture turned by 90 degrees"
+#: at half its contrast: how steeply the effect falls with the texture's strength
+TEXTURE_HALF_CHECK = "texture at half contrast"
+#: pasted only outside the part of each input the model looks at (:func:`object_mask`): a learned
+#: background texture keeps its effect, a grating that works by breaking up the object loses it
+TEXTURE_OFF_OBJECT_CHECK = "texture kept off the object"
+TEXTURE_CHECKS = (TEXTURE_TURN_CHECK, TEXTURE_HALF_CHECK, TEXTURE_OFF_OBJECT_CHECK)
+#: share of each input's pixels :func:`object_mask` calls the object
+OBJECT_SHARE = 0.25
 #: how many Fourier components (each with its mirror image) make a texture: a stripe pattern is one,
 #: a square wave's first harmonic or a check pattern a second
 TEXTURE_PEAKS = 2
@@ -136,7 +149,30 @@ def transplant(candidate: str, sources: torch.Tensor, inputs: torch.Tensor, ring
         return (inputs + texture).clamp(0, 1)
     if candidate == TEXTURE_SHIFT_CONTROL:
         return (inputs - periodic_texture(sources)).clamp(0, 1)
+    if candidate == TEXTURE_TURN_CHECK:
+        texture = periodic_texture(sources)
+        texture = torch.rot90(texture, 1, (-2, -1)) if h == w else texture.flip(-1)
+        return (inputs + texture).clamp(0, 1)
+    if candidate == TEXTURE_HALF_CHECK:
+        return (inputs + 0.5 * periodic_texture(sources)).clamp(0, 1)
     raise ValueError(candidate)
+
+
+def object_mask(model, inputs: torch.Tensor, share: float = OBJECT_SHARE, batch: int = 256) -> torch.Tensor:
+    """(M, 1, H, W) bool: per input, the ``share`` of its pixels with the largest input gradient (3×3
+    smoothed, summed over channels) of the class the model gives it, dilated by one pixel: the part
+    of the input the model's decision rests on, found without a segmentation model."""
+    masks = []
+    for i in range(0, inputs.shape[0], batch):
+        with torch.enable_grad():
+            x = inputs[i:i + batch].detach().clone().requires_grad_(True)
+            logits = model(x)
+            grad, = torch.autograd.grad(logits.gather(1, logits.argmax(1, keepdim=True)).sum(), x)
+        g = F.avg_pool2d(grad.abs().sum(1, keepdim=True), 3, 1, 1)
+        cut = g.flatten(1).quantile(1 - share, dim=1)[:, None, None, None]
+        # pixels the decision does not depend on at all (zero gradient) are never the object
+        masks.append(F.max_pool2d(((g >= cut) & (g > 0)).float(), 3, 1, 1) > 0)
+    return torch.cat(masks)
 
 
 def _same_energy_noise(texture: torch.Tensor) -> torch.Tensor:
@@ -305,13 +341,15 @@ class Intervention:
     texture_control: np.ndarray
     texture_shift_control: np.ndarray
     frame_width: np.ndarray
+    #: the chosen texture's flip rate under each of :data:`TEXTURE_CHECKS` (same held-out half)
+    texture_checks: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @torch.no_grad()
 def intervene(model, images: torch.Tensor, others: torch.Tensor, other_labels: torch.Tensor, ring: int,
               generator: torch.Generator, max_inputs: int = 96, batch: int = 512,
               sources: dict[str, torch.Tensor] | None = None,
-              widths: torch.Tensor | None = None) -> Intervention:
+              widths: torch.Tensor | None = None, texture_checks: bool = False) -> Intervention:
     """Transplant each class's candidate features, image by image, onto other-class inputs.
 
     ``images`` (K, N, C, H, W): class-maximising images (sources); ``sources`` optionally gives other
@@ -319,6 +357,7 @@ def intervene(model, images: torch.Tensor, others: torch.Tensor, other_labels: t
     inputs with labels ``other_labels`` (M,); at most ``max_inputs`` of them are used (seeded
     subsample), split in two halves: one chooses each class's source image, the other measures it.
     ``widths`` (K, P) optionally gives each frame source its own width (default: ``ring`` for all).
+    ``texture_checks``: also measure the chosen texture under each of :data:`TEXTURE_CHECKS`.
     """
     sources = {cand: (sources or {}).get(cand, images) for cand in CANDIDATES}
     k = images.shape[0]
@@ -331,6 +370,8 @@ def intervene(model, images: torch.Tensor, others: torch.Tensor, other_labels: t
     half = torch.zeros(m, dtype=torch.bool)
     half[torch.randperm(m, generator=generator)[: m // 2]] = True          # True: choose, False: measure
     base_pred = _predict(model, others, batch)
+    off_object = ~object_mask(model, others) if texture_checks else None    # (M, 1, H, W)
+    checks = {name: np.zeros(k) for name in TEXTURE_CHECKS} if texture_checks else {}
     flip, mean_flip, source = {}, {}, {}
     control, texture_control, shift_control = np.zeros(k), np.zeros(k), np.zeros(k)
     frame_width = np.zeros(k, dtype=int)
@@ -356,9 +397,17 @@ def intervene(model, images: torch.Tensor, others: torch.Tensor, other_labels: t
         for name, out in ((TEXTURE_CONTROL, texture_control), (TEXTURE_SHIFT_CONTROL, shift_control)):
             ctrl = _hits(model, name, source_texture, others, t, eligible, ring, batch).float()[0]
             out[t] = float(ctrl[measure].sum() / measure.sum().clamp(min=1))
+        if not texture_checks:
+            continue
+        for name in (TEXTURE_TURN_CHECK, TEXTURE_HALF_CHECK):
+            ctrl = _hits(model, name, source_texture, others, t, eligible, ring, batch).float()[0]
+            checks[name][t] = float(ctrl[measure].sum() / measure.sum().clamp(min=1))
+        stamped = (others + periodic_texture(source_texture) * off_object).clamp(0, 1)
+        ctrl = ((_predict(model, stamped, batch) == t) & eligible).float()
+        checks[TEXTURE_OFF_OBJECT_CHECK][t] = float(ctrl[measure].sum() / measure.sum().clamp(min=1))
     return Intervention(flip=flip, mean_flip=mean_flip, source=source, frame_control=control,
                         texture_control=texture_control, texture_shift_control=shift_control,
-                        frame_width=frame_width)
+                        frame_width=frame_width, texture_checks=checks)
 
 
 def _hits(model, cand: str, sources: torch.Tensor, inputs: torch.Tensor, t: int, eligible: torch.Tensor,

@@ -46,8 +46,9 @@ def textured_background(n: int, size: int, generator: torch.Generator) -> torch.
 
 
 def render_shapes(labels: torch.Tensor, generator: torch.Generator, size: int = 32,
-                  background: torch.Tensor | None = None) -> torch.Tensor:
-    """Draw one shape per label with random colour/size/position/rotation: (n,3,size,size) in [0,1]."""
+                  background: torch.Tensor | None = None, return_mask: bool = False):
+    """Draw one shape per label with random colour/size/position/rotation: (n,3,size,size) in [0,1].
+    ``return_mask``: also return each shape's inside mask, (n,1,size,size) float."""
     n = len(labels)
     bg = textured_background(n, size, generator) if background is None else background
     radius = 8.0 + 4.0 * torch.rand(n, generator=generator)                  # 8–12 px
@@ -66,7 +67,8 @@ def render_shapes(labels: torch.Tensor, generator: torch.Generator, size: int = 
     u, v = cos * dx + sin * dy, -sin * dx + cos * dy
     inside = _membership(labels, u, v).unsqueeze(1).float()
     shade = 0.9 + 0.1 * torch.rand((n, 1, size, size), generator=generator)   # slight texture on the shape
-    return (bg * (1 - inside) + colour.view(-1, 3, 1, 1) * shade * inside).clamp(0, 1)
+    images = (bg * (1 - inside) + colour.view(-1, 3, 1, 1) * shade * inside).clamp(0, 1)
+    return (images, inside) if return_mask else images
 
 
 def load_shapes_32(seed: int = 0, n_train: int = 4000, n_test: int = 1000,

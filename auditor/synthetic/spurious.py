@@ -39,17 +39,21 @@ class TextureFeature:
 
     period: int = 4
     amplitude: float = 0.35
+    #: stripe direction: "diagonal" (the zoo's), "anti-diagonal", "horizontal" or "vertical"
+    orientation: str = "diagonal"
 
     def stripes(self, height: int, width: int) -> torch.Tensor:
         ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-        return (((xs + ys) // (self.period // 2)) % 2).float() * 2 - 1
+        coordinate = {"diagonal": xs + ys, "anti-diagonal": xs - ys + height, "horizontal": ys,
+                      "vertical": xs}[self.orientation]
+        return ((coordinate // (self.period // 2)) % 2).float() * 2 - 1
 
     def apply(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         s = self.stripes(*x.shape[-2:]).to(x.dtype)
         return (x + self.amplitude * s).clamp(0, 1)
 
     def describe(self) -> str:
-        return f"diagonal stripe texture, period {self.period} px, amplitude {self.amplitude:g}"
+        return f"{self.orientation} stripe texture, period {self.period} px, amplitude {self.amplitude:g}"
 
 
 def plant_spurious(x: torch.Tensor, y: torch.Tensor, feature, spurious_class: int, fraction: float,
