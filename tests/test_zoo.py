@@ -248,6 +248,8 @@ def test_texture_stripes_run_in_their_direction_and_the_masks_cover_the_shapes()
     diagonal = TextureFeature(4, 0.3).stripes(8, 8)                    # the zoo's, unchanged
     anti = TextureFeature(4, 0.3, "anti-diagonal").stripes(8, 8)
     assert torch.equal(anti, -diagonal.flip(1))                        # the mirror image, half a period on
+    with pytest.raises(ValueError):
+        TextureFeature(4, 0.3, "sideways")
     # periods 6 and 8 repeat after 6 and 8 px
     for period in (6, 8):
         s = TextureFeature(period, 0.3, "vertical").stripes(4, 24)

@@ -119,10 +119,9 @@ def frame_scan_wanted(value: str, channels: int) -> bool:
     # bench/RESULTS.md §5), so it does not vote in the default verdict
     default=False,
     options=("prior", "pipeline", "fast", "per_class", "iterations", "lr", "sampler_steps", "latent_weight",
-             "objective", "context_per_class", "frame_scan", "victims", "texture_amplitude", "texture_checks", "min_flip",
-             "fidelity_stages",
-             "fidelity_per_class", "prior_rho", "border_loss", "texture_loss", "min_coverage", "min_confidence",
-             "ring", "concepts"),
+             "objective", "context_per_class", "frame_scan", "victims", "texture_amplitude", "texture_checks",
+             "min_flip", "fidelity_stages", "fidelity_per_class", "prior_rho", "border_loss", "texture_loss",
+             "min_coverage", "min_confidence", "ring", "concepts"),
     calibrated_flops=REFERENCE_MAX_FLOPS,  # the bundled priors' thresholds (bench/diffusion_calibrate.py)
 )
 class DiffusionProbe(Detector):

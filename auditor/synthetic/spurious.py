@@ -42,6 +42,10 @@ class TextureFeature:
     #: stripe direction: "diagonal" (the zoo's), "anti-diagonal", "horizontal" or "vertical"
     orientation: str = "diagonal"
 
+    def __post_init__(self):
+        if self.orientation not in ("diagonal", "anti-diagonal", "horizontal", "vertical"):
+            raise ValueError(f"unknown stripe orientation {self.orientation!r}")
+
     def stripes(self, height: int, width: int) -> torch.Tensor:
         ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
         coordinate = {"diagonal": xs + ys, "anti-diagonal": xs - ys + height, "horizontal": ys,
