@@ -361,7 +361,8 @@ class DiffusionProbe(Detector):
             if found.flip["background texture"][t] >= thresholds["background texture"] and not texture_ok[t]:
                 why += (f"; its texture flips {found.flip['background texture'][t]:.2f} but plain noise of the same "
                         f"energy flips {found.texture_control[t]:.2f} and the texture shifted by half a period "
-                        f"{found.texture_shift_control[t]:.2f}, so the class takes any fine or periodic detail")
+                        f"{found.texture_shift_control[t]:.2f}, so it cannot be told from a class that takes any fine "
+                        f"or periodic detail (a texture learnt at every phase looks the same to this read-out)")
             classes.append(ClassEvidence(
                 index=t, score=float(best_flip[t]), z=float(z[t]), flagged=flagged,
                 role="spurious feature" if flagged else "", metrics=metrics, images=tuple(pictures),
