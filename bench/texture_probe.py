@@ -6,14 +6,16 @@ A development probe for the diffusion detector's texture candidate, on procedura
 real input distribution, with true object masks), not the detector's own read-out. Per model:
 
 1. the grating scan of the detector (``scan_gratings``) on 8 victims picks 2 gratings per class;
-2. per class, the grating that flips most of one half of 96 other-class inputs is measured on the
-   other half: pasted everywhere (the detector's flip), replaced by same-energy noise and shifted by
+2. per class, the grating that flips most of one half of 192 inputs (those of the other classes
+   count) is measured on the other half: pasted everywhere (the detector's flip), replaced by same-energy noise and shifted by
    half a period (the detector's two controls), and pasted **only outside the object**, with the object
    taken from the true mask or from the model's own gradient saliency on each input (the detector's
    ``object_mask``).
 
 The question: a clean model's "texture" classes (ring, star) take a grating that breaks up the object;
 a spurious texture learnt on the training images should still work with the object left intact.
+Answer on the texture-dev models (RESULTS §5, stop 32): no — clean models take a grating as a ring even
+outside the true object, and the learned textures keep 0.36–0.96 of their effect there.
 """
 
 from __future__ import annotations
